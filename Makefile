@@ -1,0 +1,42 @@
+# rsna_phase0 — every command a user or CI runs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The reference torch (env/reference.toml) is 2.4.0+cu121, installed by the Dockerfile and the Kaggle installer.
+# On a CPU development or CI machine the local CPU wheel stands in; check-env reports the difference.
+DEV_TORCH ?= 2.13.0
+ME_CACHE ?= $(HOME)/.cache/rsna_phase0/wheels
+DEMO ?= runs/demo
+
+.PHONY: help setup demo test lint check-env
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/.ready: pyproject.toml env/reference.toml installers/build_minkowski.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==$(DEV_TORCH)
+	$(PYTHON) -m rsna_phase0.env.spec requirements --no-torch --dev > $(VENV)/requirements.txt
+	$(BIN)/pip install -q -r $(VENV)/requirements.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python installers/build_minkowski.py --cpu-only --cache $(ME_CACHE)
+	touch $@
+
+setup: $(VENV)/.ready ## create .venv with the pinned packages, rsna_phase0 and MinkowskiEngine (CPU)
+
+demo: setup ## generate the synthetic data set and pre-train the smoke preset on the CPU
+	$(BIN)/rsna-phase0 data synth $(DEMO)/data --mri 8 --ct 4 --seed 0
+	$(BIN)/rsna-phase0 train --preset smoke --mri-dir $(DEMO)/data/OpenMind_processed \
+		--ct-dir $(DEMO)/data/NIH_deeplesion/CT --out $(DEMO)/run --time-budget 4m --allow-env-mismatch
+
+test: setup ## run the test suite (GPU tests skip on CPU machines with the reason)
+	$(BIN)/python -m pytest -q
+
+lint: setup ## ruff (and hadolint on the Dockerfile)
+	$(BIN)/ruff check rsna_phase0 installers tests benchmarks
+	$(BIN)/ruff format --check rsna_phase0 installers tests benchmarks
+
+check-env: setup ## prove this environment equals the reference one
+	$(BIN)/rsna-phase0 check-env

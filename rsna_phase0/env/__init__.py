@@ -1,0 +1,1 @@
+"""The environment: the version spec (stdlib only), probes of this machine, and the parity check."""
