@@ -1,10 +1,17 @@
-"""The `rsna-phase0` command line: argument parsing only; each command's logic lives in its own module."""
+"""The `rsna-phase0` command line: argument parsing only; each command lives in its area's commands.py.
+
+Command modules must not import torch at import time: `rsna-phase0 --help` and check-env stay fast.
+"""
 
 from __future__ import annotations
 
 import click
 
+from rsna_phase0.container.commands import docker
+from rsna_phase0.data.commands import data
 from rsna_phase0.env.commands import check_env
+from rsna_phase0.models.commands import model_info
+from rsna_phase0.training.commands import export_encoder, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,4 +20,5 @@ def main() -> None:
     """Phase-0 self-supervised pre-training for the RSNA 2025 aneurysm challenge."""
 
 
-main.add_command(check_env)
+for command in (check_env, data, model_info, train, export_encoder, docker):
+    main.add_command(command)

@@ -1,0 +1,1 @@
+"""Running the Docker image through the Docker SDK (`rsna-phase0 docker ...`)."""

@@ -1,0 +1,1 @@
+"""The Phase-0 model: sparse (MinkowskiEngine) and WaveFormer encoder stages, SparK densify + decoder, losses."""

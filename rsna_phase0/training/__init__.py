@@ -1,0 +1,1 @@
+"""Training: preflight, the loop, checkpoints, survival (signals, budget, watchdog), DDP."""
