@@ -36,8 +36,12 @@ class Preset:
     stage_dims: tuple[int, ...] = (32, 64, 128, 256)
     stage_depths: tuple[int, ...] = (1, 1, 2, 2)
     sparse_stages: int = 2  # the first stages run MinkowskiEngine sparse convolutions; the rest are WaveFormer
-    attention_heads: tuple[int, ...] = (0, 0, 4, 8)
-    decoder_dim: int = 128
+    # WaveFormer stages: heads = stage width // head_dim, so any width that is a multiple of head_dim works;
+    # the DWT runs as many levels as bring the low-frequency band down to attention_grid^3 tokens (WaveFormer: 8^3)
+    head_dim: int = 32
+    attention_grid: int = 8
+    mlp_ratio: float = 4.0
+    decoder_dim: int = 128  # decoder width at the coarsest scale, halving per upsampling (floor 8)
     # training defaults (overridable from the command line or a config file)
     batch_size: int = 2
     lr: float = 1.5e-4
@@ -65,21 +69,39 @@ class Preset:
     def with_overrides(self, **overrides) -> Preset:
         return replace(self, **overrides)
 
+    def with_embed_dim(self, embed_dim: int) -> Preset:
+        """The same preset with another embed size (the last stage's width)."""
+        return replace(self, stage_dims=(*self.stage_dims[:-1], embed_dim))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     def __post_init__(self) -> None:
         if self.input_size % self.patch_size:
-            raise ValueError(f"preset {self.name}: input_size {self.input_size} not a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"preset {self.name}: input_size {self.input_size} not a multiple of patch_size {self.patch_size}"
+            )
         if self.grid % self.local_scale:
-            raise ValueError(f"preset {self.name}: patch grid {self.grid} not divisible by local_scale {self.local_scale}")
+            raise ValueError(
+                f"preset {self.name}: patch grid {self.grid} not divisible by local_scale {self.local_scale}"
+            )
         if self.patch_size != 2 ** len(self.stage_dims):
             raise ValueError(
                 f"preset {self.name}: patch_size {self.patch_size} must equal the encoder downsample ratio "
                 f"2**{len(self.stage_dims)} (one stride-2 step per stage)"
             )
-        if not (len(self.stage_dims) == len(self.stage_depths) == len(self.attention_heads)):
-            raise ValueError(f"preset {self.name}: stage_dims, stage_depths and attention_heads differ in length")
+        if len(self.stage_dims) != len(self.stage_depths):
+            raise ValueError(f"preset {self.name}: stage_dims and stage_depths differ in length")
+        if not 1 <= self.sparse_stages <= len(self.stage_dims):
+            raise ValueError(
+                f"preset {self.name}: sparse_stages {self.sparse_stages} must be in [1, {len(self.stage_dims)}] "
+                "(the stem must be sparse so masked voxels never enter the encoder)"
+            )
+        for dim in self.stage_dims[self.sparse_stages :]:
+            if dim % self.head_dim:
+                raise ValueError(
+                    f"preset {self.name}: WaveFormer width {dim} is not a multiple of head_dim {self.head_dim}"
+                )
         for ratio in (self.global_mask_ratio, self.local_mask_ratio):
             if not 0.0 < ratio < 1.0:
                 raise ValueError(f"preset {self.name}: mask ratio {ratio} must be in (0, 1)")
@@ -88,19 +110,59 @@ class Preset:
 _BASE = Preset(name="base", input_size=64, patch_size=16)
 
 PRESETS: dict[str, Preset] = {
-    # tiny: trains on a CPU in minutes
+    # tiny: trains on a CPU in minutes; its WaveFormer stage (4^3) attends on the 2^3 Haar low band
     "smoke": replace(
-        _BASE, name="smoke", input_size=32, patch_size=8, n_local=2, stage_dims=(16, 32, 64), stage_depths=(1, 1, 1),
-        attention_heads=(0, 0, 4), sparse_stages=2, decoder_dim=32, batch_size=2, warmup_steps=10, steps_per_epoch=20,
+        _BASE,
+        name="smoke",
+        input_size=32,
+        patch_size=8,
+        n_local=2,
+        stage_dims=(16, 32, 64),
+        stage_depths=(1, 1, 1),
+        sparse_stages=2,
+        head_dim=16,
+        attention_grid=2,
+        decoder_dim=32,
+        batch_size=2,
+        warmup_steps=10,
+        steps_per_epoch=20,
         lr=1e-3,
     ),
-    "dev": replace(_BASE, name="dev", input_size=64, patch_size=16, stage_dims=(24, 48, 96, 192), decoder_dim=64,
-                   batch_size=2),
-    # 64^3 views; fits a 16 GB T4 with AMP
-    "kaggle": replace(_BASE, name="kaggle", input_size=64, patch_size=16, stage_dims=(32, 64, 192, 384),
-                      stage_depths=(1, 1, 2, 2), attention_heads=(0, 0, 6, 12), decoder_dim=128, batch_size=4),
-    "production": replace(_BASE, name="production", input_size=128, patch_size=16, stage_dims=(32, 96, 192, 768),
-                          stage_depths=(1, 2, 2, 2), attention_heads=(0, 0, 6, 24), decoder_dim=192, batch_size=2),
+    "dev": replace(
+        _BASE,
+        name="dev",
+        input_size=64,
+        patch_size=16,
+        stage_dims=(24, 48, 96, 192),
+        attention_grid=4,
+        decoder_dim=64,
+        batch_size=2,
+    ),
+    # 64^3 views; fits a 16 GB T4 with AMP. Sparse stages stay narrow (MinkowskiEngine cost ~ active voxels x
+    # channels, no tensor cores); width goes into the dense WaveFormer stages: 8^3 (attention on its 4^3 Haar
+    # low band) and 4^3.
+    "kaggle": replace(
+        _BASE,
+        name="kaggle",
+        input_size=64,
+        patch_size=16,
+        stage_dims=(32, 64, 192, 384),
+        stage_depths=(1, 1, 2, 2),
+        attention_grid=4,
+        decoder_dim=128,
+        batch_size=4,
+    ),
+    # 128^3 views: stage 3 (16^3) attends on its 8^3 Haar low band, stage 4 (8^3) on all tokens
+    "production": replace(
+        _BASE,
+        name="production",
+        input_size=128,
+        patch_size=16,
+        stage_dims=(32, 64, 256, 768),
+        stage_depths=(1, 1, 2, 2),
+        decoder_dim=192,
+        batch_size=2,
+    ),
 }
 
 

@@ -20,3 +20,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory):
+    """A small synthetic data set shared by the training tests: (mri_dir, ct_dir), real NIfTI files."""
+    from rsna_phase0.data.synth import synth_dataset
+
+    root = tmp_path_factory.mktemp("train_data")
+    synth_dataset(root, mri=8, ct=4, seed=0)
+    return root / "OpenMind_processed", root / "NIH_deeplesion" / "CT"

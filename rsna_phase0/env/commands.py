@@ -1,9 +1,49 @@
-"""`rsna-phase0 check-env` (placeholder until the check-env module lands)."""
+"""`rsna-phase0 check-env`: a thin CLI over rsna_phase0.env.check (no torch import here; probes use subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import sys
 
 import click
 
 
 @click.command("check-env")
-def check_env() -> None:
-    """Prove this environment equals the reference one."""
-    raise click.ClickException("check-env is not implemented yet")
+@click.option("--json", "as_json", is_flag=True, help="Print the report and the rows as JSON instead of a table.")
+@click.option("--write-report", type=click.Path(dir_okay=False), help="Also write this machine's report (JSON) here.")
+@click.option(
+    "--against", type=click.Path(dir_okay=False), help="Compare with another machine's report instead of the spec."
+)
+@click.option("--strict", is_flag=True, help="Warnings fail too (exit 1).")
+@click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(dir_okay=False),
+    help="Version spec (default: $RSNA_PHASE0_SPEC or env/reference.toml).",
+)
+def check_env(
+    as_json: bool, write_report: str | None, against: str | None, strict: bool, spec_path: str | None
+) -> None:
+    """Prove this environment equals the reference one (exit 0), or say what differs and how to fix it.
+
+    Exit codes: 0 parity, 1 mismatch (or warnings with --strict), 2 could not probe.
+    """
+    from rsna_phase0.env.check import render_table, run_check
+    from rsna_phase0.env.report import write_json_atomic
+    from rsna_phase0.env.spec import SpecError
+
+    try:
+        result = run_check(spec=spec_path, against=against, strict=strict)
+    except SpecError as exc:
+        click.echo(f"check-env: {exc}", err=True)
+        sys.exit(2)
+    if write_report:
+        if result.report.get("probes"):
+            click.echo(f"report written to {write_json_atomic(write_report, result.report)}", err=True)
+        else:
+            click.echo(f"no report written to {write_report}: nothing was probed", err=True)
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2))
+    else:
+        click.echo(render_table(result))
+    sys.exit(result.exit_code)

@@ -1,9 +1,26 @@
-"""`rsna-phase0 model-info`."""
+"""`rsna-phase0 model-info` (torch is imported inside the command, so the CLI stays fast)."""
+
+from __future__ import annotations
 
 import click
 
 
 @click.command("model-info")
-def model_info() -> None:
-    """Parameters, feature shapes and activation memory of a preset."""
-    raise click.ClickException("model-info is not implemented yet")
+@click.option("--preset", "preset_name", default="smoke", show_default=True, help="smoke, dev, kaggle or production")
+@click.option("--embed-dim", type=int, default=None, help="override the embed size (the last stage's width)")
+@click.option("--modality", type=click.Choice(["mri", "ct"]), default="mri", show_default=True)
+@click.option("--no-measure", is_flag=True, help="skip the forward pass that measures activation memory")
+def model_info(preset_name: str, embed_dim: int | None, modality: str, no_measure: bool) -> None:
+    """Parameters per part, feature shapes per stage and activation memory per sample of a preset."""
+    from rsna_phase0.presets import get_preset
+
+    try:
+        preset = get_preset(preset_name)
+        if embed_dim is not None:
+            preset = preset.with_embed_dim(embed_dim)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    from rsna_phase0.models.info import describe
+
+    for line in describe(preset, measure=not no_measure, modality=modality):
+        click.echo(line)

@@ -1,0 +1,136 @@
+"""Parity results: the rows of the check-env table, their statuses, the exit code, and shared helpers.
+
+Statuses: ok; MISMATCH (must be identical: torch release and CUDA build, cuDNN, every runtime package,
+MinkowskiEngine version, source and the torch/CUDA/Python it was compiled against, and it must run); warning
+(a severity the user chooses with --strict: Python minor, driver, GPU and arch coverage, nvcc, dev packages, how
+MinkowskiEngine was built); info (facts with no rule, or rules that do not apply, e.g. GPU rows with a CPU torch).
+Every MISMATCH row carries the command that fixes it. The rules live in spec_rules.py (this machine against the
+spec) and report_rules.py (against another machine's report). Standard library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+from rsna_phase0.env.probes import COULD_NOT_COLLECT, is_failed
+from rsna_phase0.env.spec import Spec
+
+OK, MISMATCH, WARNING, INFO = "ok", "MISMATCH", "warning", "info"
+CPU = "cpu"  # [torch] cuda = "cpu" in a spec: a CPU build of torch (torch.version.cuda is None)
+BUILD_MINKOWSKI = "python installers/build_minkowski.py"
+
+
+@dataclass(frozen=True)
+class Row:
+    field: str
+    expected: str
+    found: str
+    status: str
+    fix: str = ""
+
+
+@dataclass
+class ParityResult:
+    rows: list[Row]
+    report: dict
+    strict: bool = False
+    problem: str | None = None  # set when the machine could not be probed at all (exit code 2)
+    against: str | None = None  # the other machine's report, when compared with one instead of the spec
+    counts: dict = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.counts = {s: sum(r.status == s for r in self.rows) for s in (OK, MISMATCH, WARNING, INFO)}
+
+    @property
+    def exit_code(self) -> int:
+        if self.problem:
+            return 2
+        if self.counts[MISMATCH] or (self.strict and self.counts[WARNING]):
+            return 1
+        return 0
+
+    @property
+    def fixes(self) -> list[str]:
+        """The distinct fix commands of the failing rows, in table order."""
+        failing = {MISMATCH, WARNING} if self.strict else {MISMATCH}
+        fixes = list(dict.fromkeys(r.fix for r in self.rows if r.status in failing and r.fix))
+        # Plain `pip install name==version` pins become one command (one resolver run, one line to paste).
+        pins = [f.removeprefix("pip install ") for f in fixes if re.fullmatch(r"pip install [\w.-]+==[\w.+-]+", f)]
+        if len(pins) > 1:
+            first = fixes.index(f"pip install {pins[0]}")
+            fixes = [f for f in fixes if f.removeprefix("pip install ") not in pins]
+            fixes.insert(first, "pip install " + " ".join(pins))
+        return fixes
+
+    def to_dict(self) -> dict:
+        return {
+            "exit_code": self.exit_code,
+            "strict": self.strict,
+            "problem": self.problem,
+            "against": self.against,
+            "counts": self.counts,
+            "rows": [r.__dict__ for r in self.rows],
+        }
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def show(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict) and is_failed(value):
+        return value["error"] if value["error"].startswith(COULD_NOT_COLLECT) else f"absent ({value['error']})"
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def release(version: str) -> str:
+    """'2.4.0+cu121' -> '2.4.0': the release, compared apart from the CUDA build."""
+    return version.split("+", 1)[0]
+
+
+def torch_cuda_of(torch: dict) -> str:
+    return torch.get("cuda") or CPU
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+def torch_fix(spec: Spec, *, force: bool = False) -> str:
+    force_flag = "--force-reinstall " if force else ""
+    return (
+        f"pip install {force_flag}torch=={spec.torch_version} --index-url {spec.torch_index_url}"
+        f"  (then rebuild MinkowskiEngine: {minkowski_fix(spec)})"
+    )
+
+
+def minkowski_fix(spec: Spec | None) -> str:
+    return f"{BUILD_MINKOWSKI} --cpu-only" if spec is not None and spec.torch_cuda == CPU else BUILD_MINKOWSKI
+
+
+def source_text(record: dict | None) -> str:
+    if not record:
+        return "unknown (no build record)"
+    source = record.get("source") or {}
+    return f"{source.get('kind', '?')} {source.get('id', '?')}"
+
+
+def minkowski_cuda_text(me: dict) -> str:
+    runtime = me.get("runtime") or {}
+    if "cuda" in runtime:
+        return "yes" if runtime["cuda"] else "no"
+    record = me.get("build") or {}
+    if "cpu_only" in record:
+        return "no" if record["cpu_only"] else "yes"
+    return "unknown"
+
+
+def gpu_text(gpu: dict) -> str:
+    if "error" in gpu:
+        return f"{COULD_NOT_COLLECT}: {gpu['error']}"
+    return f"{gpu['name']}, sm {gpu['capability']}, {gpu['memory_gib']} GiB"

@@ -1,0 +1,291 @@
+"""Probes of this machine: each returns a dict of facts, or {"error": "<why>"} when it could not collect.
+
+Standard library only at import time: the Kaggle installer imports this before torch exists. Anything that touches
+torch, a GPU or a compiled extension runs in a child process with a timeout (probe_torch.py, probe_minkowski.py),
+so that a missing torch, a dead GPU or a segfaulting MinkowskiEngine yields "could not collect", never a hang or a
+crash. `collect()` runs the slow probes concurrently (the whole check stays under a few seconds).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+COULD_NOT_COLLECT = "could not collect"
+BUILD_RECORD = "rsna_build.json"  # written into MinkowskiEngine's dist-info by installers/build_minkowski.py
+WORKER_PREFIX = "RSNA_PROBE "
+HERE = Path(__file__).resolve().parent
+
+# Seconds. Generous on purpose: a cold torch import on a Kaggle disk can take 10-20 s; they only bound a hang.
+COMMAND_TIMEOUT = 10.0
+WORKER_TIMEOUT = 60.0
+
+
+def failed(why: str) -> dict:
+    return {"error": why}
+
+
+def is_failed(facts: object) -> bool:
+    return isinstance(facts, dict) and "error" in facts and len(facts) == 1
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int | None  # None: it did not finish (timeout, not found, could not start)
+    stdout: str
+    stderr: str
+    error: str | None = None
+
+
+def run_command(argv: list[str], timeout: float = COMMAND_TIMEOUT, env: dict | None = None) -> CommandResult:
+    """Run a command with a timeout; never raises. On timeout the whole process group is killed (a wrapper
+    script's children too) and what it printed so far is kept."""
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            env=env,
+            start_new_session=True,
+        )
+    except (OSError, ValueError) as exc:
+        return CommandResult(None, "", "", f"{argv[0]} could not start: {exc}")
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            proc.kill()
+        try:
+            stdout, stderr = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # something outside the group holds the pipes open: give up on them
+            stdout, stderr = "", ""
+        return CommandResult(None, stdout or "", stderr or "", f"{Path(argv[0]).name} timed out after {timeout:g} s")
+    return CommandResult(proc.returncode, stdout, stderr)
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def worker_lines(stdout: str) -> list[dict]:
+    """The JSON payloads a worker printed (library chatter on stdout is ignored)."""
+    payloads = []
+    for line in stdout.splitlines():
+        if line.startswith(WORKER_PREFIX):
+            try:
+                payloads.append(json.loads(line[len(WORKER_PREFIX) :]))
+            except json.JSONDecodeError:
+                continue
+    return payloads
+
+
+def run_worker(script: str, timeout: float) -> tuple[list[dict], str | None]:
+    """Run a worker script of this folder with this interpreter; returns its payloads and what went wrong, if anything.
+
+    -P keeps the script's folder off sys.path so that our module names cannot shadow anything torch imports.
+    """
+    result = run_command([sys.executable, "-P", str(HERE / script)], timeout=timeout)
+    payloads = worker_lines(result.stdout)
+    if result.error:
+        return payloads, result.error
+    if result.returncode != 0:
+        tail = result.stderr.strip().splitlines()[-3:]
+        return payloads, f"{script} {describe_exit(result.returncode)}" + (f": {' | '.join(tail)}" if tail else "")
+    return payloads, None
+
+
+# ---------------------------------------------------------------- probes
+
+
+def probe_python() -> dict:
+    try:
+        return {
+            "version": platform.python_version(),
+            "minor": f"{sys.version_info.major}.{sys.version_info.minor}",
+            "implementation": platform.python_implementation(),
+            "executable": sys.executable,
+            "platform": platform.platform(),
+            "kaggle": bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")),
+        }
+    except Exception as exc:  # platform probing reads files and runs uname; never let it break the check
+        return failed(f"{COULD_NOT_COLLECT}: {type(exc).__name__}: {exc}")
+
+
+def installed_version(name: str) -> str | None:
+    """The installed version of a distribution, None when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    except Exception as exc:  # a broken dist-info: report it as found-but-unreadable
+        return f"{COULD_NOT_COLLECT}: {type(exc).__name__}: {exc}"
+
+
+def probe_packages(names: list[str]) -> dict:
+    return {name: installed_version(name) for name in names}
+
+
+def probe_torch(timeout: float = WORKER_TIMEOUT) -> dict:
+    """torch's version, CUDA build, cuDNN, arch list and every visible GPU (in a child process)."""
+    payloads, problem = run_worker("probe_torch.py", timeout)
+    if not payloads:
+        return failed(f"{COULD_NOT_COLLECT}: {problem or 'the torch probe printed nothing'}")
+    return payloads[-1] if "error" in payloads[-1] else {**payloads[-1], **({"problem": problem} if problem else {})}
+
+
+def parse_nvidia_smi(stdout: str) -> dict:
+    gpus = []
+    driver = None
+    for line in stdout.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 3:
+            continue
+        driver = parts[0]
+        gpus.append({"name": parts[1], "memory_mib": parts[2]})
+    if driver is None:
+        return failed(f"{COULD_NOT_COLLECT}: unexpected nvidia-smi output {stdout.strip()[:200]!r}")
+    return {"driver": driver, "gpus": gpus}
+
+
+def probe_nvidia_smi(timeout: float = COMMAND_TIMEOUT) -> dict:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return failed("nvidia-smi not on PATH")
+    result = run_command(
+        [exe, "--query-gpu=driver_version,name,memory.total", "--format=csv,noheader,nounits"], timeout=timeout
+    )
+    if result.error:
+        return failed(f"{COULD_NOT_COLLECT}: {result.error}")
+    if result.returncode != 0:
+        why = (result.stderr or result.stdout).strip()[:200]
+        return failed(f"{COULD_NOT_COLLECT}: nvidia-smi {describe_exit(result.returncode)}: {why}")
+    return parse_nvidia_smi(result.stdout)
+
+
+def find_nvcc() -> str | None:
+    """nvcc as torch's extension builder would find it: $CUDA_HOME, then PATH, then /usr/local/cuda."""
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    candidates = [Path(cuda_home) / "bin" / "nvcc"] if cuda_home else []
+    on_path = shutil.which("nvcc")
+    candidates += [Path(on_path)] if on_path else []
+    candidates.append(Path("/usr/local/cuda/bin/nvcc"))
+    return next((str(c) for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
+
+
+def parse_nvcc_version(stdout: str) -> dict:
+    match = re.search(r"release (\d+\.\d+), V([\d.]+)", stdout)
+    if not match:
+        return failed(f"{COULD_NOT_COLLECT}: unexpected nvcc --version output {stdout.strip()[-200:]!r}")
+    return {"version": match.group(1), "full": match.group(2)}
+
+
+def probe_nvcc(timeout: float = COMMAND_TIMEOUT) -> dict:
+    exe = find_nvcc()
+    if exe is None:
+        return failed("nvcc not found (CUDA_HOME, PATH, /usr/local/cuda)")
+    result = run_command([exe, "--version"], timeout=timeout)
+    if result.error:
+        return failed(f"{COULD_NOT_COLLECT}: {result.error}")
+    if result.returncode != 0:
+        return failed(f"{COULD_NOT_COLLECT}: {exe} --version {describe_exit(result.returncode)}")
+    facts = parse_nvcc_version(result.stdout)
+    return facts if is_failed(facts) else {**facts, "path": exe}
+
+
+def read_build_record(text: str | None) -> tuple[dict | None, str | None]:
+    """Parse rsna_build.json: (record, problem). (None, None) when the wheel has none."""
+    if text is None:
+        return None, None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"{BUILD_RECORD} is not valid JSON: {exc}"
+    if not isinstance(record, dict) or "schema" not in record:
+        return None, f"{BUILD_RECORD} has no schema field: not written by installers/build_minkowski.py"
+    return record, None
+
+
+def probe_minkowski_install() -> dict:
+    """Is MinkowskiEngine installed, which version, and how was it built (its rsna_build.json)? No import."""
+    try:
+        dist = importlib.metadata.distribution("MinkowskiEngine")
+    except importlib.metadata.PackageNotFoundError:
+        return {"installed": False}
+    except Exception as exc:
+        return failed(f"{COULD_NOT_COLLECT}: {type(exc).__name__}: {exc}")
+    facts: dict = {"installed": True, "version": dist.version}
+    try:
+        record, problem = read_build_record(dist.read_text(BUILD_RECORD))
+    except Exception as exc:
+        record, problem = None, f"{BUILD_RECORD} unreadable: {type(exc).__name__}: {exc}"
+    facts["build"] = record
+    if problem:
+        facts["build_problem"] = problem
+    return facts
+
+
+def probe_minkowski_runtime(timeout: float = WORKER_TIMEOUT) -> dict:
+    """Import MinkowskiEngine and run a tiny sparse convolution on the CPU and on each GPU (in a child process)."""
+    payloads, problem = run_worker("probe_minkowski.py", timeout)
+    steps = {p["step"]: p for p in payloads if isinstance(p, dict) and "step" in p}
+    if "import" not in steps:
+        return failed(f"{COULD_NOT_COLLECT}: {problem or 'the MinkowskiEngine probe printed nothing'}")
+    imported = steps["import"]
+    facts: dict = {"import": "ok" if imported["ok"] else f"failed: {imported.get('error')}"}
+    if imported["ok"]:
+        facts["cuda"] = imported.get("cuda")
+        facts["conv"] = {
+            name: ("ok" if s["ok"] else f"failed: {s.get('error')}")
+            for name, s in steps.items()
+            if name not in ("import", "done")
+        }
+        if "done" not in steps:
+            # A step crashed or hung the worker: say where, the steps before it keep their results.
+            facts["conv"]["crash"] = f"failed: {problem or 'the probe stopped early'}"
+    return facts
+
+
+def collect(
+    package_names: list[str],
+    dev_package_names: list[str] = (),
+    *,
+    command_timeout: float = COMMAND_TIMEOUT,
+    worker_timeout: float = WORKER_TIMEOUT,
+) -> dict:
+    """Every probe, the slow ones concurrently. Values are JSON-serialisable."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        torch_f = pool.submit(probe_torch, worker_timeout)
+        me_install = probe_minkowski_install()
+        me_runtime_f = pool.submit(probe_minkowski_runtime, worker_timeout) if me_install.get("installed") else None
+        smi_f = pool.submit(probe_nvidia_smi, command_timeout)
+        nvcc_f = pool.submit(probe_nvcc, command_timeout)
+        probes = {
+            "python": probe_python(),
+            "packages": probe_packages(list(package_names)),
+            "dev_packages": probe_packages(list(dev_package_names)),
+        }
+        minkowski = dict(me_install)
+        if me_runtime_f is not None:
+            minkowski["runtime"] = me_runtime_f.result()
+        probes.update(torch=torch_f.result(), nvidia_smi=smi_f.result(), nvcc=nvcc_f.result(), minkowski=minkowski)
+    return probes

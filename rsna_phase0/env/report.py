@@ -1,0 +1,73 @@
+"""Environment reports: the probes of one machine as a JSON file, written atomically, read back with validation.
+
+A report from the Docker image and one from a Kaggle notebook can be compared field by field (`check-env --against`).
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPORT_SCHEMA = 1
+
+
+class ReportError(ValueError):
+    """A report file that cannot be used: the message names the file and the problem."""
+
+
+def make_report(probes: dict, spec_path: str | os.PathLike, parity: dict | None = None) -> dict:
+    return {
+        "schema": REPORT_SCHEMA,
+        "kind": "rsna_phase0 environment report",
+        "hostname": socket.gethostname(),
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "spec_path": str(spec_path),
+        "probes": probes,
+        **({"parity": parity} if parity is not None else {}),
+    }
+
+
+def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
+    """Write to a temp file in the same folder, fsync, then os.replace: readers never see half a report."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_report(path: str | os.PathLike) -> dict:
+    """Read and validate a report; ReportError names the file and says what is wrong with it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read the report: {exc.strerror or exc}") from None
+    try:
+        report = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReportError(
+            f"{path}: not valid JSON ({exc}); write one with `rsna-phase0 check-env --write-report`"
+        ) from None
+    if not isinstance(report, dict) or not isinstance(report.get("probes"), dict):
+        raise ReportError(
+            f"{path}: not an environment report (no 'probes'); write one with `rsna-phase0 check-env --write-report`"
+        )
+    schema = report.get("schema")
+    if schema != REPORT_SCHEMA:
+        raise ReportError(f"{path}: report schema {schema!r}, this rsna_phase0 reads schema {REPORT_SCHEMA}")
+    return report

@@ -1,0 +1,87 @@
+"""SparK densify + a light UNet decoder that predicts voxels, with one output head per modality.
+
+Densify, per encoder scale: LayerNorm per position (statistics never cross positions), hidden positions replaced
+by a learned mask token, then a k3 projection to the decoder's width at that scale, so hidden positions take
+context from their visible neighbours. The decoder starts at the coarsest scale with `decoder_dim` channels and
+halves per upsampling (transposed conv k2 s2, then k3 conv), adding each finer scale's densified map (SparK's
+skips), down to stride 1.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from rsna_phase0.batch import MODALITY_CHANNELS
+from rsna_phase0.models.waveformer import ChannelLayerNorm
+from rsna_phase0.presets import Preset
+
+MIN_DECODER_WIDTH = 8
+
+
+def decoder_widths(preset: Preset) -> list[int]:
+    """Width at the coarsest scale first, then after each of the len(stage_dims) upsamplings."""
+    return [max(preset.decoder_dim // 2**j, MIN_DECODER_WIDTH) for j in range(len(preset.stage_dims) + 1)]
+
+
+class Densify(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = ChannelLayerNorm(in_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, in_dim, 1, 1, 1))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.proj = nn.Conv3d(in_dim, out_dim, kernel_size=3, padding=1)
+
+    def forward(self, feature: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        filled = torch.where(
+            hidden.unsqueeze(1), self.mask_token.to(feature.dtype), self.norm(feature).to(feature.dtype)
+        )
+        return self.proj(filled)
+
+
+class UpBlock(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose3d(in_dim, out_dim, kernel_size=2, stride=2)
+        self.body = nn.Sequential(
+            nn.BatchNorm3d(out_dim),
+            nn.GELU(),
+            nn.Conv3d(out_dim, out_dim, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm3d(out_dim),
+            nn.GELU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.up(x))
+
+
+class DecoderOutput(NamedTuple):
+    prediction: torch.Tensor  # (B, C_modality, S, S, S), in per-patch-normalised units
+    features: list[torch.Tensor]  # decoder maps, coarsest (stride patch_size) first, then after each upsampling
+
+
+class SparkDecoder(nn.Module):
+    def __init__(self, preset: Preset) -> None:
+        super().__init__()
+        widths = decoder_widths(preset)
+        dims = preset.stage_dims
+        n = len(dims)
+        # densify[j] serves the encoder map at stride patch_size / 2^j (j = 0 is the coarsest)
+        self.densify = nn.ModuleList(Densify(dims[n - 1 - j], widths[j]) for j in range(n))
+        self.up_blocks = nn.ModuleList(UpBlock(widths[j], widths[j + 1]) for j in range(n))
+        self.heads = nn.ModuleDict(
+            {name: nn.Conv3d(widths[-1], channels, kernel_size=1) for name, channels in MODALITY_CHANNELS.items()}
+        )
+
+    def forward(self, maps: list[torch.Tensor], masks: list[torch.Tensor], modality: str) -> DecoderOutput:
+        features = []
+        x = None
+        for j, (densify, up) in enumerate(zip(self.densify, self.up_blocks, strict=True)):
+            skip = densify(maps[-1 - j], masks[-1 - j])
+            x = skip if x is None else x + skip
+            features.append(x)
+            x = up(x)
+        features.append(x)
+        return DecoderOutput(self.heads[modality](x), features)

@@ -1,0 +1,84 @@
+"""The Phase-0 encoder: modality stems + sparse MinkowskiEngine stages + dense WaveFormer stages.
+
+Stage i halves the resolution (stage 0's k2 s2 step is the modality stem), so stage i's map has stride 2^(i+1) and
+the last one stride `patch_size`, the mask patch. The contract follows SparK's: `get_downsample_ratio()`,
+`get_feature_map_channels()`, `forward(x, mask, modality, hierarchical=True)`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from rsna_phase0.batch import MODALITY_CHANNELS
+from rsna_phase0.models.masks import mask_at_stride, visible_weight
+from rsna_phase0.models.sparse_stages import SparseConvBN, SparseStage, sparse_to_dense, visible_voxels_to_sparse
+from rsna_phase0.models.waveformer import WaveFormerStage
+from rsna_phase0.presets import Preset
+
+
+class EncoderFeatures(NamedTuple):
+    maps: list[torch.Tensor]  # one (B, C_i, S/2^(i+1), ...) map per stage, zeros at hidden positions
+    masks: list[torch.Tensor]  # the hidden mask (B, r_i, r_i, r_i) at each stage's scale
+
+
+def check_modality(x: torch.Tensor, modality: str) -> None:
+    if modality not in MODALITY_CHANNELS:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {sorted(MODALITY_CHANNELS)}")
+    if x.shape[1] != MODALITY_CHANNELS[modality]:
+        raise ValueError(f"{modality} input has {x.shape[1]} channels, expected {MODALITY_CHANNELS[modality]}")
+
+
+class SparseWaveEncoder(nn.Module):
+    def __init__(self, preset: Preset) -> None:
+        super().__init__()
+        self.preset = preset
+        dims, depths, n_sparse = preset.stage_dims, preset.stage_depths, preset.sparse_stages
+        self.stems = nn.ModuleDict(
+            {
+                name: SparseConvBN(channels, dims[0], kernel_size=2, stride=2)
+                for name, channels in MODALITY_CHANNELS.items()
+            }
+        )
+        self.conv_stages = nn.ModuleList(
+            SparseStage(dims[i - 1] if i else None, dims[i], depths[i]) for i in range(n_sparse)
+        )
+        self.wave_stages = nn.ModuleList(
+            WaveFormerStage(dims[i - 1], dims[i], depths[i], preset.head_dim, preset.attention_grid, preset.mlp_ratio)
+            for i in range(n_sparse, len(dims))
+        )
+
+    def get_downsample_ratio(self) -> int:
+        return 2 ** len(self.preset.stage_dims)
+
+    def get_feature_map_channels(self) -> list[int]:
+        return list(self.preset.stage_dims)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, modality: str, hierarchical: bool = True):
+        """x (B, C, S, S, S); mask (B, g, g, g) bool, True = hidden. Returns EncoderFeatures (or the last map and
+        mask when `hierarchical` is False)."""
+        check_modality(x, modality)
+        batch, size, patch = x.shape[0], x.shape[-1], self.get_downsample_ratio()
+        if mask.shape != (batch, size // patch, size // patch, size // patch) or mask.dtype != torch.bool:
+            raise ValueError(
+                f"mask {tuple(mask.shape)} {mask.dtype} does not fit input {tuple(x.shape)} with patch {patch}"
+            )
+        masks = [mask_at_stride(mask, patch, 2 ** (i + 1)) for i in range(len(self.preset.stage_dims))]
+        maps = []
+        # MinkowskiEngine has no low-precision kernels worth using: the sparse stages run in float32
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            stem = self.stems[modality]
+            sparse = visible_voxels_to_sparse(x, ~mask_at_stride(mask, patch, 1), dtype=stem.conv.kernel.dtype)
+            sparse = stem(sparse)
+            for i, stage in enumerate(self.conv_stages):
+                sparse = stage(sparse)
+                maps.append(sparse_to_dense(sparse, batch, size // 2 ** (i + 1)))
+        h = maps[-1]
+        for stage, stage_mask in zip(self.wave_stages, masks[len(maps) :], strict=True):
+            h = stage(h, visible_weight(stage_mask))
+            maps.append(h)
+        if not hierarchical:
+            return maps[-1], masks[-1]
+        return EncoderFeatures(maps, masks)

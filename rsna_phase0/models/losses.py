@@ -1,0 +1,78 @@
+"""Phase-0 losses: per-patch-normalised voxel MSE on hidden patches only, and MiM cross-level alignment.
+
+Reconstruction (SparK / MAE "norm_pix"): the target is the input itself, each patch normalised by its own mean
+and variance (per channel: CT's three windows have different statistics); the squared error is averaged over the
+voxels of a patch and then over the hidden patches only. Nothing the encoder computes is a target, so there is
+nothing to collapse to.
+
+Alignment (MiM): a local view k of region i covers the box local_boxes[i, k] of the global view. The global view
+hides most of that box, so its encoder features there are zeros; its decoder features are not (they are what the
+model infers for the box), so the parent is the global view's decoder map at stride patch_size / 2, averaged over
+the box and detached; the child is the same decoder map of the local view averaged over the view, through a small
+predictor. Loss: BYOL's 2 - 2 cos.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NORM_EPS = 1e-6
+
+
+def patchify(volume: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, S, S, S) -> (B, C, g, g, g, patch^3): the voxels of each patch along the last axis."""
+    b, c, s = volume.shape[:3]
+    g = s // patch
+    x = volume.reshape(b, c, g, patch, g, patch, g, patch)
+    return x.permute(0, 1, 2, 4, 6, 3, 5, 7).reshape(b, c, g, g, g, patch**3)
+
+
+def unpatchify(patches: torch.Tensor, patch: int) -> torch.Tensor:
+    b, c, g = patches.shape[:3]
+    x = patches.reshape(b, c, g, g, g, patch, patch, patch).permute(0, 1, 2, 5, 3, 6, 4, 7)
+    return x.reshape(b, c, g * patch, g * patch, g * patch)
+
+
+def patch_statistics(image: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per patch and channel mean and std (B, C, g, g, g, 1) of the float32 image."""
+    patches = patchify(image.float(), patch)
+    mean = patches.mean(dim=-1, keepdim=True)
+    std = (patches.var(dim=-1, keepdim=True, unbiased=False) + NORM_EPS).sqrt()
+    return mean, std
+
+
+def normalised_target(image: torch.Tensor, patch: int) -> torch.Tensor:
+    """The reconstruction target: each patch of each channel normalised by its own mean and std."""
+    mean, std = patch_statistics(image, patch)
+    return unpatchify((patchify(image.float(), patch) - mean) / std, patch)
+
+
+def masked_patch_errors(prediction: torch.Tensor, image: torch.Tensor, patch: int) -> torch.Tensor:
+    """Squared error against the normalised target, averaged within each patch: (B, g, g, g)."""
+    err = (prediction.float() - normalised_target(image, patch)) ** 2
+    return patchify(err, patch).mean(dim=(1, -1))
+
+
+def masked_patch_mse(prediction: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, patch: int) -> torch.Tensor:
+    """Mean of the per-patch errors over hidden patches (mask True) only."""
+    errors = masked_patch_errors(prediction, image, patch)
+    weight = mask.float()
+    return (errors * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def pool_boxes(feature: torch.Tensor, boxes: torch.Tensor, box_patches: int, cells_per_patch: int) -> torch.Tensor:
+    """Mean of `feature` (B, D, r, r, r) over each box (B, K, 3 origins in patch units) -> (B*K, D)."""
+    b, k = boxes.shape[:2]
+    span = box_patches * cells_per_patch
+    # average-pool with the box size at stride one cell, then read the value at each box origin
+    pooled = F.avg_pool3d(feature.float(), kernel_size=span, stride=cells_per_patch)
+    origin = boxes.long()
+    sample = torch.arange(b, device=feature.device).repeat_interleave(k)
+    z, y, x = origin.reshape(-1, 3).unbind(1)
+    return pooled[sample, :, z, y, x]
+
+
+def alignment_loss(child: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
+    """BYOL-style 2 - 2 cos, averaged; the parent is detached here whatever the caller passed."""
+    return (2 - 2 * F.cosine_similarity(child.float(), parent.detach().float(), dim=-1)).mean()

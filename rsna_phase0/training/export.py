@@ -1,0 +1,45 @@
+"""Export the dense encoder from a training checkpoint, and prove the file loads without MinkowskiEngine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from rsna_phase0.training.checkpoint import load_checkpoint
+
+# run in a fresh interpreter: this process has MinkowskiEngine loaded already
+_VERIFY = """
+import sys
+from rsna_phase0.models.export import load_dense_encoder
+encoder = load_dense_encoder(sys.argv[1])
+loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'MinkowskiEngine')
+if loaded:
+    sys.exit('loading the exported encoder imported ' + ', '.join(loaded))
+print(sum(p.numel() for p in encoder.parameters()))
+"""
+
+
+def verify_loads_without_minkowski(path: Path) -> int:
+    """Parameter count of the exported encoder as loaded by a fresh Python that never imports MinkowskiEngine."""
+    done = subprocess.run([sys.executable, "-c", _VERIFY, str(path)], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise ValueError(f"{path}: the exported encoder does not load on its own: {done.stderr.strip()[-800:]}")
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def export_encoder_file(checkpoint: str | Path, out: str | Path, verify: bool = True) -> str:
+    from rsna_phase0.models.export import export_dense_encoder, save_dense_encoder
+
+    state = load_checkpoint(checkpoint)
+    encoder = export_dense_encoder({"preset": state["config"]["preset"], "model": state["model"]})
+    path = save_dense_encoder(encoder, out)
+    params = sum(p.numel() for p in encoder.parameters())
+    text = (f"exported the dense encoder of {checkpoint} (step {state['step']}, preset {state['config']['preset']['name']}) "
+            f"to {path}: {params / 1e6:.2f} M parameters")
+    if verify:
+        loaded = verify_loads_without_minkowski(path)
+        if loaded != params:
+            raise ValueError(f"{path}: reloaded encoder has {loaded} parameters, exported {params}")
+        text += "; verified: loads in plain PyTorch without MinkowskiEngine"
+    return text

@@ -1,0 +1,19 @@
+"""Small shared pieces of the model tests (tiny presets, masks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rsna_phase0.masking import random_patch_mask
+from rsna_phase0.presets import get_preset
+
+
+def tiny_preset(**overrides):
+    """The smoke preset, cut further for speed where a test needs no learning."""
+    return get_preset("smoke", **overrides)
+
+
+def patch_masks(batch: int, grid: int, ratio: float, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(np.stack([random_patch_mask(grid, ratio, rng) for _ in range(batch)]))

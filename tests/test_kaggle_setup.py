@@ -1,0 +1,222 @@
+"""The Kaggle installer's parts, fast: lock parsing and checking, the pip hold, toolchain messages, the plan.
+
+The end-to-end run in a fresh virtual environment is in test_kaggle_setup_e2e.py.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+INSTALLERS = REPO / "installers"
+sys.path.insert(0, str(INSTALLERS))
+
+import kaggle_lock  # noqa: E402
+import kaggle_pip  # noqa: E402
+import kaggle_toolchain  # noqa: E402
+
+from rsna_phase0.env.spec import load_spec  # noqa: E402
+
+HASH = "sha256:" + "ab" * 32
+
+
+def cpu_spec(tmp_path: Path, torch: str = "2.13.0") -> Path:
+    """The reference spec with this machine's CPU torch standing in for the pin (the project's convention)."""
+    text = (REPO / "env" / "reference.toml").read_text()
+    text = text.replace('version = "2.4.0"', f'version = "{torch}"', 1).replace('cuda = "12.1"', 'cuda = "cpu"', 1)
+    path = tmp_path / "reference-cpu.toml"
+    path.write_text(text)
+    return path
+
+
+def spec_lock(spec, torch_version: str = "2.13.0+cpu", **override) -> str:
+    pins = {"torch": torch_version, **spec.packages, **override}
+    lines = ["--index-url https://pypi.org/simple", "# a comment line"]
+    for name, version in pins.items():
+        lines += [
+            f"{name}=={version} \\",
+            f"    --hash={HASH} \\",
+            f"    --hash={HASH.replace('ab', 'cd')}",
+            "    # via x",
+        ]
+    lines += [f'nvidia-cublas-cu12==12.1.3.1 ; platform_system == "Linux" --hash={HASH}']
+    return "\n".join(lines) + "\n"
+
+
+def test_parse_lock_reads_continuations_markers_and_hashes(tmp_path):
+    spec = load_spec(cpu_spec(tmp_path))
+    lock = tmp_path / "lock.txt"
+    lock.write_text(spec_lock(spec))
+    pins = kaggle_lock.parse_lock(lock)
+    assert pins["torch"].version == "2.13.0+cpu"
+    assert pins["pywavelets"].version == spec.packages["PyWavelets"]  # names are canonical
+    assert len(pins["numpy"].hashes) == 2
+    assert pins["nvidia-cublas-cu12"].marker == 'platform_system == "Linux"'
+    kaggle_lock.check_against_spec(pins, spec, lock)  # 2.13.0+cpu stands for the spec's 2.13.0
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [("numpy>=1.26 --hash=" + HASH, "not pinned with `==`"), ("numpy==1.26.4", "has no --hash")],
+)
+def test_parse_lock_rejects_unpinned_or_unhashed_lines(tmp_path, line, problem):
+    lock = tmp_path / "lock.txt"
+    lock.write_text(f"torch==2.4.0 --hash={HASH}\n{line}\n")
+    with pytest.raises(kaggle_lock.LockError, match=problem) as info:
+        kaggle_lock.parse_lock(lock)
+    assert str(lock) in str(info.value)
+
+
+def test_lock_that_disagrees_with_the_spec_is_refused_naming_both_versions(tmp_path):
+    spec = load_spec(cpu_spec(tmp_path))
+    lock = tmp_path / "lock.txt"
+    lock.write_text(spec_lock(spec, torch_version="2.8.0", numpy="2.1.0"))
+    with pytest.raises(kaggle_lock.LockError) as info:
+        kaggle_lock.check_against_spec(kaggle_lock.parse_lock(lock), spec, lock)
+    message = str(info.value)
+    assert "torch==2.8.0 but the spec says 2.13.0" in message
+    assert "numpy==2.1.0 but the spec says 1.26.4" in message
+
+
+def test_constraints_hold_torch_exactly_as_locked_and_every_spec_pin(tmp_path):
+    spec = load_spec(cpu_spec(tmp_path))
+    lock = tmp_path / "lock.txt"
+    lock.write_text(spec_lock(spec))
+    lines = kaggle_lock.constraint_lines(kaggle_lock.parse_lock(lock), spec)
+    assert lines[0] == "torch==2.13.0+cpu"
+    assert "numpy==1.26.4" in lines and "pywavelets==1.6.0" in lines
+    assert lines[-1] == f"minkowskiengine=={spec.minkowski.version}"
+
+
+def test_lock_for_wheelhouse_pins_every_wheel_with_its_sha256(tmp_path):
+    (tmp_path / "demo_pkg-1.2.3-py3-none-any.whl").write_bytes(b"not really a zip")
+    (tmp_path / "other-0.1-1-cp311-cp311-linux_x86_64.whl").write_bytes(b"x")
+    text = kaggle_lock.lock_for_wheelhouse(tmp_path)
+    lock = tmp_path / "lock.txt"
+    lock.write_text(text)
+    pins = kaggle_lock.parse_lock(lock)
+    assert pins["demo-pkg"].version == "1.2.3" and pins["other"].version == "0.1"
+    assert pins["demo-pkg"].hashes == ("sha256:" + kaggle_lock.sha256_of(tmp_path / "demo_pkg-1.2.3-py3-none-any.whl"),)
+
+
+def test_hold_config_keeps_other_settings_and_sets_install_and_global(tmp_path):
+    existing = "[global]\ntimeout = 60\nconstraint = /old.txt\n\n[list]\nformat = columns\n"
+    text = kaggle_pip.hold_config_text(existing, ["/old.txt", "/kaggle/working/c.txt"])
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    assert parser["global"]["timeout"] == "60"
+    assert parser["list"]["format"] == "columns"
+    for section in ("global", "install"):
+        assert parser[section]["constraint"].split() == ["/old.txt", "/kaggle/working/c.txt"]
+
+
+def test_hold_refuses_when_pip_constraint_env_would_override_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_CONSTRAINT", "/somewhere/else.txt")
+    with pytest.raises(kaggle_pip.PipError, match="PIP_CONSTRAINT"):
+        kaggle_pip.check_hold(sys.executable, tmp_path / "constraints.txt")
+
+
+def fake_nvcc(tmp_path: Path, release: str) -> Path:
+    """An executable that answers `--version` as nvcc does, to test the version check without a CUDA toolkit."""
+    nvcc = tmp_path / "cuda" / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    nvcc.write_text(
+        "#!/bin/sh\necho 'nvcc: NVIDIA (R) Cuda compiler driver'\n"
+        f"echo 'Cuda compilation tools, release {release}, V{release}.66'\n"
+    )
+    nvcc.chmod(nvcc.stat().st_mode | stat.S_IXUSR)
+    return nvcc
+
+
+def test_nvcc_of_another_cuda_major_blocks_a_build_with_the_ways_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_HOME", str(fake_nvcc(tmp_path, "13.0").parents[1]))
+    tool = kaggle_toolchain.probe(tmp_path)
+    assert tool.nvcc_version == "13.0"
+    problems = kaggle_toolchain.build_problems(tool, torch_cuda="12.1", cpu_only=False)
+    message = " ".join(problems)
+    assert "CUDA 13.0 but torch is built with CUDA 12.1" in message
+    assert "nvidia-cuda-nvcc-cu12" in message and "--wheelhouse" in message and "--cpu-only" in message
+    assert not any("nvcc" in p for p in kaggle_toolchain.build_problems(tool, torch_cuda="13.0", cpu_only=False))
+    assert not any("nvcc" in p for p in kaggle_toolchain.build_problems(tool, torch_cuda="12.1", cpu_only=True))
+
+
+def test_archs_follow_the_gpus_present():
+    gpus = (kaggle_toolchain.Gpu("Tesla T4", "7.5"), kaggle_toolchain.Gpu("Tesla T4", "7.5"))
+    assert kaggle_toolchain.archs_for(gpus) == "7.5"
+    assert kaggle_toolchain.archs_for((kaggle_toolchain.Gpu("Tesla P100-PCIE-16GB", "6.0"), *gpus)) == "6.0;7.5"
+    assert kaggle_toolchain.archs_for(()) is None
+
+
+def run_setup(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(INSTALLERS / "kaggle_setup.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_outside_kaggle_without_kaggle_root_it_refuses_and_says_how(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "KAGGLE_KERNEL_RUN_TYPE"}
+    done = run_setup("--dry-run", env=env)
+    assert done.returncode == 1
+    assert "not a Kaggle notebook" in done.stderr and "--kaggle-root" in done.stderr
+
+
+def test_dry_run_shows_the_plan_and_changes_nothing(tmp_path):
+    """Against this machine's venv, with a lock that also pins a package nobody has installed."""
+    spec_path = cpu_spec(tmp_path)
+    spec = load_spec(spec_path)
+    lock = tmp_path / "lock.txt"
+    lock.write_text(spec_lock(spec, **{"rsna-absent-demo": "1.0"}))
+    root = tmp_path / "kaggle"
+    (root / "working").mkdir(parents=True)
+    env = {**os.environ, "RSNA_PHASE0_SPEC": str(spec_path)}
+    done = run_setup("--dry-run", "--kaggle-root", str(root), "--requirements", str(lock), "--cpu-only", env=env)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "rsna-absent-demo - -> 1.0" in out
+    assert "hold" in out and "change" in out
+    assert "estimated time" in out
+    assert list((root / "working").iterdir()) == []  # a dry run writes nothing
+
+
+def notebook_commands() -> list[str]:
+    import json
+
+    notebook = json.loads((INSTALLERS / "phase0_kaggle_example.ipynb").read_text())
+    lines = [line.strip() for cell in notebook["cells"] if cell["cell_type"] == "code" for line in cell["source"]]
+    return [line[1:] for line in lines if line.startswith("!")]
+
+
+def test_example_notebook_uses_only_options_that_exist():
+    """The notebook's shell lines parse with the installer's and the CLI's real option parsers."""
+    import shlex
+
+    import kaggle_setup
+
+    from rsna_phase0.cli import main as cli
+
+    commands = notebook_commands()
+    assert any("kaggle_setup.py" in c for c in commands) and any("check-env" in c for c in commands)
+    assert any("train" in c and "--resume" in c for c in commands)
+    for command in commands:
+        words = shlex.split(command.replace("{", "").replace("}", ""))
+        if words[0] == "python":
+            assert words[1].endswith("installers/kaggle_setup.py")
+            kaggle_setup.parse_args(words[2:])
+        else:
+            assert words[0] == "rsna-phase0"
+            sub = cli.commands[words[1]]
+            known = {opt for param in sub.params for opt in param.opts}
+            flags = [w for w in words[2:] if w.startswith("--")]
+            assert set(flags) <= known, f"{command}: unknown {set(flags) - known}"

@@ -1,0 +1,84 @@
+"""The exported dense encoder equals the sparse one on fully visible input, saves/loads, and needs no ME."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+from model_helpers import tiny_preset
+
+from rsna_phase0.models.encoder import SparseWaveEncoder
+from rsna_phase0.models.export import export_dense_encoder, load_dense_encoder, save_dense_encoder
+from rsna_phase0.models.pretrainer import Pretrainer
+from rsna_phase0.models.synthetic import synthetic_batch
+
+
+def _trained_a_little(preset) -> Pretrainer:
+    """A pretrainer whose BatchNorm running statistics and weights moved away from their initial values."""
+    torch.manual_seed(0)
+    model = Pretrainer(preset)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for seed in range(2):
+        for modality in ("mri", "ct"):
+            out = model(synthetic_batch(preset, 2, modality=modality, seed=seed))
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+    return model.eval()
+
+
+def test_exported_encoder_equals_sparse_encoder_on_fully_visible_input(tmp_path):
+    preset = tiny_preset()
+    model = _trained_a_little(preset)
+    dense = export_dense_encoder(model)
+    assert not dense.training
+    for modality, channels in (("mri", 1), ("ct", 3)):
+        x = torch.randn(2, channels, 32, 32, 32)
+        all_visible = torch.zeros(2, preset.grid, preset.grid, preset.grid, dtype=torch.bool)
+        with torch.no_grad():
+            sparse_maps = model.encoder(x, all_visible, modality).maps
+            dense_maps = dense(x, modality)
+        for i, (a, b) in enumerate(zip(sparse_maps, dense_maps, strict=True)):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=f"{modality} stage {i}")
+
+    path = save_dense_encoder(dense, tmp_path / "out" / "encoder.pt")
+    assert not list(path.parent.glob("*.tmp"))
+    loaded = load_dense_encoder(path)
+    x = torch.randn(1, 3, 32, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, "ct")[-1], dense(x, "ct")[-1], rtol=0, atol=0)
+
+    # a training checkpoint dict exports the same encoder
+    from_state = export_dense_encoder({"preset": preset.to_dict(), "model": model.state_dict()})
+    with torch.no_grad():
+        torch.testing.assert_close(from_state(x, "ct")[-1], dense(x, "ct")[-1], rtol=0, atol=0)
+
+
+def test_export_module_works_without_minkowski_engine(tmp_path):
+    preset = tiny_preset()
+    encoder = SparseWaveEncoder(preset).eval()
+    path = save_dense_encoder(export_dense_encoder(encoder), tmp_path / "encoder.pt")
+    script = (
+        "import sys; sys.modules['MinkowskiEngine'] = None\n"
+        "import torch\n"
+        "from rsna_phase0.models.export import load_dense_encoder\n"
+        f"enc = load_dense_encoder({str(path)!r})\n"
+        "maps = enc(torch.randn(1, 1, 32, 32, 32), 'mri')\n"
+        "assert 'MinkowskiEngine' not in {m for m, v in sys.modules.items() if v is not None}\n"
+        "print([tuple(m.shape) for m in maps])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "(1, 64, 4, 4, 4)" in result.stdout
+
+
+def test_load_rejects_foreign_files(tmp_path):
+    import pytest
+
+    bad = tmp_path / "weights.pt"
+    torch.save({"something": 1}, bad)
+    with pytest.raises(ValueError, match="not an rsna_phase0 dense encoder"):
+        load_dense_encoder(bad)
+    with pytest.raises(FileNotFoundError, match="no such exported encoder"):
+        load_dense_encoder(tmp_path / "missing.pt")

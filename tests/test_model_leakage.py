@@ -1,0 +1,54 @@
+"""Hidden content never reaches the encoder, and the loss only looks at hidden patches."""
+
+from __future__ import annotations
+
+import torch
+from model_helpers import patch_masks, tiny_preset
+
+from rsna_phase0.models.encoder import SparseWaveEncoder
+from rsna_phase0.models.losses import masked_patch_mse
+from rsna_phase0.models.masks import mask_at_stride
+
+
+def test_changing_hidden_voxels_leaves_every_encoder_output_bit_identical():
+    torch.manual_seed(0)
+    preset = tiny_preset()
+    encoder = SparseWaveEncoder(preset).train()
+    mask = patch_masks(2, preset.grid, 0.6, seed=3)
+    x = torch.randn(2, 1, 32, 32, 32)
+    hidden_voxels = mask_at_stride(mask, preset.patch_size, 1).unsqueeze(1)
+    changed = torch.where(hidden_voxels, torch.randn_like(x) * 100.0, x)
+    assert not torch.equal(changed, x)
+
+    first = encoder(x, mask, "mri")
+    second = encoder(changed, mask, "mri")
+    for a, b in zip(first.maps, second.maps, strict=True):
+        assert torch.equal(a, b)
+    # and visible content does matter (the test can fail)
+    visible_changed = torch.where(hidden_voxels, x, x + 1.0)
+    third = encoder(visible_changed, mask, "mri")
+    assert not torch.equal(third.maps[-1], first.maps[-1])
+
+
+def test_loss_ignores_predictions_at_visible_patches():
+    torch.manual_seed(0)
+    patch = 8
+    mask = patch_masks(2, 4, 0.6, seed=5)
+    image = torch.rand(2, 3, 32, 32, 32)
+    prediction = torch.randn(2, 3, 32, 32, 32)
+    visible_voxels = ~mask_at_stride(mask, patch, 1).unsqueeze(1)
+    moved = torch.where(visible_voxels, prediction + 50.0 * torch.randn_like(prediction), prediction)
+    assert torch.equal(masked_patch_mse(prediction, image, mask, patch), masked_patch_mse(moved, image, mask, patch))
+    moved_hidden = torch.where(visible_voxels, prediction, prediction + 1.0)
+    assert masked_patch_mse(moved_hidden, image, mask, patch) > masked_patch_mse(prediction, image, mask, patch)
+
+
+def test_loss_target_is_per_patch_normalised_input():
+    from rsna_phase0.models.losses import normalised_target, patchify
+
+    image = torch.rand(1, 1, 16, 16, 16) * 5 + 3
+    target = patchify(normalised_target(image, 8), 8)
+    torch.testing.assert_close(target.mean(-1), torch.zeros_like(target.mean(-1)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(target.std(-1, unbiased=False), torch.ones_like(target.mean(-1)), atol=1e-4, rtol=0)
+    mask = torch.ones(1, 2, 2, 2, dtype=torch.bool)
+    assert masked_patch_mse(normalised_target(image, 8), image, mask, 8) < 1e-10

@@ -1,0 +1,142 @@
+"""`rsna-phase0 train` in process, on real synthetic NIfTI data and the real model: resume, preflight, faults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rsna_phase0.cli import main
+from rsna_phase0.training.checkpoint import load_checkpoint
+from rsna_phase0.training.metrics import read_metrics
+
+# tiny and fast: 5 batches per epoch so the runs cross epoch boundaries (validation, epoch checkpoints)
+TINY = ["--set", "steps_per_epoch=5", "--set", "warmup_steps=2", "--no-progress"]
+
+
+def train(train_data, out: Path, *args: str, env: dict | None = None):
+    mri, ct = train_data
+    argv = ["train", "--preset", "smoke", "--mri-dir", str(mri), "--ct-dir", str(ct), "--out", str(out), *TINY, *args]
+    result = CliRunner().invoke(main, argv, env=env, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"}
+
+
+def test_resume_continues_exactly(train_data, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    code, out = train(train_data, whole, "--max-steps", "8", "--deterministic")
+    assert code == 0, out
+    code, out = train(train_data, split, "--max-steps", "3", "--deterministic")
+    assert code == 0, out
+    assert load_checkpoint(split / "last.pt")["step"] == 3
+    code, out = train(train_data, split, "--max-steps", "8", "--deterministic", "--resume", "auto")
+    assert code == 0, out
+    assert "resuming from" in out
+    expected, got = train_losses(whole), train_losses(split)
+    assert sorted(got) == list(range(1, 9))
+    # steps 4..8 ran after the resume, across the epoch boundary at step 5 (validation, epoch checkpoint)
+    assert [got[s] for s in range(1, 9)] == [expected[s] for s in range(1, 9)]
+    vals = [r for r in read_metrics(split / "metrics.jsonl") if r["kind"] == "val"]
+    assert vals and vals == [r for r in read_metrics(whole / "metrics.jsonl") if r["kind"] == "val"]
+    a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(split / "last.pt")
+    assert a["position"] == b["position"] == {"epoch": 1, "batch": 3}
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    assert (split / "best_model.pt").exists() and (split / "checkpoint_epoch_0000.pt").exists()
+    assert json.loads((split / "config.json").read_text())["train"]["deterministic"] is True
+
+
+def test_fresh_run_refuses_to_overwrite_and_resume_refuses_other_settings(train_data, tmp_path):
+    run = tmp_path / "run"
+    assert train(train_data, run, "--max-steps", "1")[0] == 0
+    code, out = train(train_data, run, "--max-steps", "2")
+    assert code == 1 and "already holds a run" in out and "--resume auto" in out
+    code, out = train(train_data, run, "--max-steps", "2", "--resume", "auto", "--set", "lr=0.5")
+    assert code == 1 and "preset.lr" in out
+
+
+def test_missing_data_folder_stops_before_training(train_data, tmp_path):
+    missing = tmp_path / "nowhere"
+    argv = ["train", "--preset", "smoke", "--mri-dir", str(missing), "--out", str(tmp_path / "run"), "--no-progress"]
+    result = CliRunner().invoke(main, argv, catch_exceptions=False)
+    assert result.exit_code == 1
+    assert f"--mri-dir {missing}: no such folder" in result.output
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_environment_mismatch_stops_a_gpu_preset(train_data, tmp_path, monkeypatch):
+    from rsna_phase0.env.check import run_check
+
+    if run_check().exit_code == 0:
+        pytest.skip("this machine is the reference environment: no mismatch to provoke")
+    code, out = train(train_data, tmp_path / "run", "--preset", "dev", "--device", "cpu")
+    assert code == 1
+    assert "environment check: MISMATCH" in out and "--allow-env-mismatch" in out
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "cuda"], "--device cuda, but torch sees no CUDA GPU"),
+        (["--preset", "dev"], "expects a CUDA GPU and torch sees none"),
+    ],
+)
+def test_cpu_where_cuda_is_required_stops(train_data, tmp_path, monkeypatch, args, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out = train(train_data, tmp_path / "run", *args)
+    assert code == 1 and message in out
+
+
+def test_cuda_oom_halves_the_micro_batch_and_continues(train_data, tmp_path):
+    run = tmp_path / "run"
+    code, out = train(train_data, run, "--max-steps", "2", env={"RSNA_PHASE0_FAULT_OOM_ABOVE": "1"})
+    assert code == 0, out
+    assert "CUDA out of memory at micro-batch 2: retrying the step with micro-batch 1" in out
+    records = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["micro_splits"] for r in records] == [2, 2]
+    assert load_checkpoint(run / "last.pt")["micro_splits"] == 2
+
+
+def test_nonfinite_loss_stops_or_is_skipped(train_data, tmp_path):
+    env = {"RSNA_PHASE0_FAULT_NAN_AT_STEP": "2"}
+    code, out = train(train_data, tmp_path / "stop", "--max-steps", "3", env=env)
+    assert code == 5 and "non-finite loss nan at step 2" in out
+    assert load_checkpoint(tmp_path / "stop" / "last.pt")["step"] == 1  # the weights before the bad step
+    code, out = train(train_data, tmp_path / "skip", "--max-steps", "3", "--set", "skip_nonfinite=true", env=env)
+    assert code == 0 and "step skipped" in out
+    state = load_checkpoint(tmp_path / "skip" / "last.pt")
+    assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_time_budget_stops_with_a_checkpoint_before_the_limit(train_data, tmp_path):
+    import time
+
+    run = tmp_path / "run"
+    started = time.monotonic()
+    code, out = train(train_data, run, "--time-budget", "25s", "--epochs", "1000")
+    elapsed = time.monotonic() - started
+    assert code == 0, out
+    assert "stopped by the time budget" in out and "--resume auto" in out
+    assert elapsed < 25 + 3  # the CLI's own start-up is outside its clock
+    state = load_checkpoint(run / "last.pt")
+    assert state["step"] == max(train_losses(run)) > 0
+    assert "loss_curve.png" in out
+
+
+def test_export_encoder_loads_without_minkowski(train_data, tmp_path):
+    run = tmp_path / "run"
+    assert train(train_data, run, "--max-steps", "1")[0] == 0
+    result = CliRunner().invoke(main, ["export-encoder", str(run / "last.pt"), str(tmp_path / "enc.pt")])
+    assert result.exit_code == 0, result.output
+    assert "verified: loads in plain PyTorch without MinkowskiEngine" in result.output
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(main, ["export-encoder", str(bad), str(tmp_path / "enc2.pt")])
+    assert result.exit_code == 1 and f"checkpoint {bad}: cannot be read" in result.output

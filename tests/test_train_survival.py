@@ -1,0 +1,104 @@
+"""Survival of `rsna-phase0 train` as a real process: SIGKILL at random moments, SIGTERM, the hang watchdog."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rsna_phase0.training.checkpoint import load_checkpoint
+from rsna_phase0.training.metrics import read_metrics
+
+
+def command(train_data, out: Path, *args: str) -> list[str]:
+    mri, ct = train_data
+    return [sys.executable, "-m", "rsna_phase0.training", "--preset", "smoke", "--mri-dir", str(mri), "--ct-dir",
+            str(ct), "--out", str(out), "--no-progress", "--set", "steps_per_epoch=5", "--set", "warmup_steps=2", *args]
+
+
+def start(argv: list[str], **env: str) -> subprocess.Popen:
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **env})
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+def train_steps(run: Path) -> list[int]:
+    return [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
+
+
+def test_sigkill_at_random_moments_never_leaves_a_corrupt_checkpoint(train_data, tmp_path):
+    run, rng = tmp_path / "run", random.Random(1234)
+    # a checkpoint after every step, each write paused for 0.3 s half-way, so kills often land inside a write
+    argv = command(train_data, run, "--resume", "auto", "--max-steps", "40", "--set", "checkpoint_every_min=0")
+    slow = {"RSNA_PHASE0_FAULT_SLOW_SAVE": "0.3"}
+    killed_in_write, resumed = 0, 0
+    for trial in range(12):
+        had_checkpoint = (run / "last.pt").exists()
+        before = (run / "last.pt").stat().st_mtime_ns if had_checkpoint else 0
+        proc = start(argv, **slow)
+        if trial % 4 == 0:  # anywhere, start-up included
+            time.sleep(rng.uniform(0.5, 8.0))
+        elif trial % 2 == 1:  # the moment a checkpoint write is in flight
+            progressed = wait_for(lambda: (run / "last.pt").exists() and (run / "last.pt").stat().st_mtime_ns != before, 60, proc)
+            assert progressed, proc.communicate()[0]
+            wait_for(lambda: any(run.glob(".*.tmp-*")), 30, proc)
+            time.sleep(rng.uniform(0.0, 0.25))
+        else:  # at a random moment of training
+            progressed = wait_for(lambda: (run / "last.pt").exists() and (run / "last.pt").stat().st_mtime_ns != before, 60, proc)
+            assert progressed, proc.communicate()[0]
+            time.sleep(rng.uniform(0.0, 1.5))
+        proc.kill()
+        output = proc.communicate()[0]
+        assert proc.returncode == -signal.SIGKILL, output
+        killed_in_write += any(run.glob(".*.tmp-*"))
+        if had_checkpoint and "preflight" in output:
+            assert "resuming from" in output, output
+            resumed += 1
+        for path in run.glob("*.pt"):  # every visible checkpoint is complete and loads
+            load_checkpoint(path)
+    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **slow}, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "reached max_steps=40" in done.stderr
+    assert load_checkpoint(run / "last.pt")["step"] == 40
+    assert train_steps(run) == list(range(1, 41))  # each step recorded once, none lost
+    assert not list(run.glob(".*.tmp-*"))
+    assert killed_in_write >= 3, f"only {killed_in_write} kills landed inside a checkpoint write"
+    assert resumed >= 6
+
+
+def test_sigterm_saves_and_exits_143(train_data, tmp_path):
+    run = tmp_path / "run"
+    proc = start(command(train_data, run, "--max-steps", "1000"))
+    assert wait_for(lambda: len(train_steps(run)) >= 3, 120, proc), proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 143, output
+    assert "received SIGTERM" in output and "stopped by a signal" in output
+    assert load_checkpoint(run / "last.pt")["step"] == train_steps(run)[-1] >= 3
+
+
+def test_watchdog_dumps_stacks_saves_and_exits_4(train_data, tmp_path):
+    run = tmp_path / "run"
+    argv = command(train_data, run, "--max-steps", "10", "--set", "watchdog_s=3")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RSNA_PHASE0_FAULT_HANG_AT_STEP": "3"})
+    assert done.returncode == 4, done.stderr
+    assert "watchdog: no training step finished" in done.stderr
+    stacks = (run / "hang_stacks.txt").read_text()
+    assert "maybe_hang" in stacks and "Thread" in stacks
+    assert "watchdog: saved last.pt at step 2" in done.stderr
+    assert load_checkpoint(run / "last.pt")["step"] == 2
