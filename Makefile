@@ -37,6 +37,37 @@ test: setup ## run the test suite (GPU tests skip on CPU machines with the reaso
 lint: setup ## ruff (and hadolint on the Dockerfile)
 	$(BIN)/ruff check rsna_phase0 installers tests benchmarks
 	$(BIN)/ruff format --check rsna_phase0 installers tests benchmarks
+	$(BIN)/hadolint Dockerfile
 
 check-env: setup ## prove this environment equals the reference one
 	$(BIN)/rsna-phase0 check-env
+
+# --- Docker and locks (issue 8) ---------------------------------------------------------------------------------
+IMAGE ?= rsna-phase0:latest
+PRESET ?= dev
+DATA ?= data
+OUT ?= runs/docker
+MRI_DIR ?= $(DATA)/OpenMind_processed
+CT_DIR ?= $(DATA)/NIH_deeplesion/CT
+CONDA ?= solve
+DOCKER_ARGS ?=
+ARGS ?=
+
+.PHONY: docker-build docker-train docker-shell docker-check-env lock
+
+docker-build: setup ## build the reference image (CUDA 12.1, locked env, MinkowskiEngine for the spec's archs)
+	$(BIN)/rsna-phase0 docker build --tag $(IMAGE) $(DOCKER_ARGS)
+
+docker-train: setup ## train in the image: make docker-train DATA=/data OUT=runs/x PRESET=dev [ARGS="--time-budget 8h"]
+	$(BIN)/rsna-phase0 docker train --image $(IMAGE) $(if $(MRI_DIR),--mri-dir $(MRI_DIR)) $(if $(CT_DIR),--ct-dir $(CT_DIR)) --out $(OUT) \
+		--preset $(PRESET) $(DOCKER_ARGS) $(ARGS)
+
+docker-shell: setup ## interactive bash in the image (DATA mounted read-only, OUT read-write)
+	$(BIN)/rsna-phase0 docker shell --image $(IMAGE) --mount $(DATA) --mount-rw $(OUT) $(DOCKER_ARGS)
+
+docker-check-env: setup ## prove the image on this machine's GPU equals the reference environment
+	$(BIN)/rsna-phase0 docker check-env --image $(IMAGE) $(DOCKER_ARGS)
+
+lock: setup ## regenerate environment.yml, conda-lock.yml, env/requirements.lock (CONDA=solve|keep|FILE)
+	$(BIN)/python env/lock.py lock --conda $(CONDA)
+	$(BIN)/python env/lock.py verify

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime as dt
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -156,6 +158,23 @@ def find_cached_wheel(key: str, cache_dir: Path, wheelhouses: Iterable[Path] = (
         if record is not None and key_of_record(record) == key:
             return wheel
     return None
+
+
+@contextlib.contextmanager
+def key_lock(cache_dir: Path, key: str, say: Callable[[str], None] = print):
+    """One build per cache key at a time: a second setup waits, then finds the wheel the first one built."""
+    path = Path(cache_dir) / f".{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"another build of {key} is running; waiting for it ({path})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def store_in_cache(wheel: Path, key: str, cache_dir: Path) -> Path:
@@ -420,14 +439,18 @@ def ensure_installed(
         say(f"dry run: {plan}")
         return BuildResult(cached or Path(), cached is not None, record, time.monotonic() - started, None)
 
-    log = Path(log_path) if log_path else cache_dir / "logs" / f"build-{key}.log"
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    log = Path(log_path) if log_path else cache_dir / "logs" / f"build-{key}-{stamp}-{os.getpid()}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    if cached:
-        say(f"cache hit: {cached}")
-        wheel, from_cache, record = cached, True, read_build_record(cached) or record
-    else:
-        wheel = _build(python, me, src, target, tc, record, resolved_archs, jobs, cache_dir, log, say)
-        from_cache = False
+    with key_lock(cache_dir, key, say):
+        # Another process may have built this key while we waited for the lock.
+        cached = cached or find_cached_wheel(key, cache_dir, [Path(w) for w in wheelhouses])
+        if cached:
+            say(f"cache hit: {cached}")
+            wheel, from_cache, record = cached, True, read_build_record(cached) or record
+        else:
+            wheel = _build(python, me, src, target, tc, record, resolved_archs, jobs, cache_dir, log, say)
+            from_cache = False
     if wheel_out:
         out = Path(wheel_out) / wheel.name
         if out.resolve() != wheel.resolve():

@@ -77,21 +77,27 @@ def parse_lock(path: str | Path) -> dict[str, Pin]:
         if name in pins and pins[name].version != match.group(3):
             raise LockError(f"{path}: {name} is pinned twice ({pins[name].version}, {match.group(3)})")
         pins[name] = Pin(name, match.group(3), hashes, (match.group(4) or "").lstrip(";").strip())
-    if not pins:
-        raise LockError(f"{path}: no requirements found")
-    return pins
+    return pins  # may be empty: everything the spec needs is installed already (checked against the spec)
 
 
-def check_against_spec(pins: dict[str, Pin], spec, lock_path: str | Path) -> None:
-    """Fail when the lock does not pin torch and every runtime package of the spec at the spec's version."""
+def _matches(version: str, wanted: str) -> bool:
+    return version == wanted or public_version(version) == wanted
+
+
+def check_against_spec(
+    pins: dict[str, Pin], spec, lock_path: str | Path, installed: dict[str, str] | None = None
+) -> None:
+    """Fail unless torch and every runtime package of the spec is locked at the spec's version, or (offline
+    machines whose torch came with the image) already installed at it and not locked at another."""
+    installed = installed or {}
     wanted = {"torch": spec.torch_version, **spec.packages}
     problems = []
     for name, version in wanted.items():
         pin = pins.get(canonical_name(name))
-        if pin is None:
-            problems.append(f"{name} is missing (spec: {version})")
-        elif public_version(pin.version) != version and pin.version != version:
+        if pin is not None and not _matches(pin.version, version):
             problems.append(f"{name}=={pin.version} but the spec says {version}")
+        elif pin is None and not _matches(installed.get(canonical_name(name), ""), version):
+            problems.append(f"{name} is missing (spec: {version}) and not installed at that version")
     if problems:
         raise LockError(
             f"{lock_path}: the lock disagrees with the spec {spec.path}: "
@@ -100,10 +106,16 @@ def check_against_spec(pins: dict[str, Pin], spec, lock_path: str | Path) -> Non
         )
 
 
-def constraint_lines(pins: dict[str, Pin], spec) -> list[str]:
+def held_versions(pins: dict[str, Pin], spec, installed: dict[str, str] | None = None) -> dict[str, str]:
+    """Exact versions to hold: torch and every spec package as locked, else as installed (checked above)."""
+    installed = installed or {}
+    names = [canonical_name(n) for n in ("torch", *spec.packages)]
+    return {n: pins[n].version if n in pins else installed[n] for n in names}
+
+
+def constraint_lines(pins: dict[str, Pin], spec, installed: dict[str, str] | None = None) -> list[str]:
     """What later pip runs must keep: torch (exactly as locked), every spec package, MinkowskiEngine."""
-    names = ["torch", *spec.packages]
-    lines = [f"{canonical_name(n)}=={pins[canonical_name(n)].version}" for n in names]
+    lines = [f"{name}=={version}" for name, version in held_versions(pins, spec, installed).items()]
     lines.append(f"minkowskiengine=={spec.minkowski.version}")
     return lines
 

@@ -186,14 +186,15 @@ class Setup:
                 "(env/requirements.lock), or pass --requirements FILE (python installers/kaggle_lock.py WHEEL_DIR "
                 "writes one for a wheelhouse)"
             )
+        self.installed = self._probe()
         try:
             self.pins = kaggle_lock.parse_lock(self.lock_path)
-            kaggle_lock.check_against_spec(self.pins, self.spec, self.lock_path)
+            kaggle_lock.check_against_spec(self.pins, self.spec, self.lock_path, self.installed.versions)
         except kaggle_lock.LockError as exc:
             raise SetupError(str(exc)) from None
-        self.torch_version = self.pins["torch"].version
+        self.held = kaggle_lock.held_versions(self.pins, self.spec, self.installed.versions)
+        self.torch_version = self.held["torch"]
         self.cpu_only = args.cpu_only or self.spec.torch_cuda == "cpu"
-        self.installed = self._probe()
         self.tool = kaggle_toolchain.probe(layout.working, self.installed.purelib)
         self.archs = None if self.cpu_only else (args.archs or kaggle_toolchain.archs_for(self.tool.gpus))
         self.jobs = args.jobs or self.tool.max_jobs
@@ -259,7 +260,7 @@ class Setup:
         return Step("packages", True, f"{len(changes)} to install from {self.lock_path.name}: {shown}{more}", seconds)
 
     def _constraint_lines(self) -> list[str]:
-        return kaggle_lock.constraint_lines(self.pins, self.spec)
+        return kaggle_lock.constraint_lines(self.pins, self.spec, self.held)
 
     def _constraints_text(self) -> str:
         return kaggle_pip.constraints_text(self._constraint_lines(), str(self.spec.path))

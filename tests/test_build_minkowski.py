@@ -179,7 +179,7 @@ def test_sdist_tree_cuda13_all_applied_then_all_present(tmp_path):
     for header in ("thrust/execution_policy.h", "thrust/reduce.h", "thrust/sort.h"):
         assert f"#include <{header}>" in spmm
     setup = text["setup.py"]
-    assert "-DNVTX_DISABLE" in setup and "include/cccl" not in setup  # the cccl path is built at run time
+    assert "-DNVTX_DISABLE" in setup and '"include", "cccl"' in setup
     compile(setup, "setup.py", "exec")  # the patched setup.py is still valid Python
 
 
@@ -605,7 +605,7 @@ def test_compile_disk_full_and_plain_failure(tmp_path):
     (tmp_path / "b").mkdir()
     with pytest.raises(bm.BuildError, match="disk full"):
         _compile_with(tmp_path / "a", "enospc")
-    with pytest.raises(bm.BuildError, match="build failed.*thrust has no member") as info:
+    with pytest.raises(bm.BuildError, match="(?s)build failed.*thrust has no member") as info:
         _compile_with(tmp_path / "b", "fail", jobs=1)
     assert "build.log" in str(info.value)
     assert (tmp_path / "b" / "calls").read_text().split() == ["1"]  # no retry for a compile error

@@ -31,7 +31,9 @@ OTHER_UID = 4321
 def _skip_reason() -> str | None:
     missing = [tool for tool in ("dockerd", "debootstrap") if shutil.which(tool) is None]
     if missing:
-        return f"{', '.join(missing)} not installed: apt-get install docker.io containerd runc debootstrap (.ci/run does)"
+        return (
+            f"{', '.join(missing)} not installed: apt-get install docker.io containerd runc debootstrap (.ci/run does)"
+        )
     if os.geteuid() != 0:
         return "starting a private dockerd needs root"
     return None

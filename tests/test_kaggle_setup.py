@@ -220,3 +220,34 @@ def test_example_notebook_uses_only_options_that_exist():
             known = {opt for param in sub.params for opt in param.opts}
             flags = [w for w in words[2:] if w.startswith("--")]
             assert set(flags) <= known, f"{command}: unknown {set(flags) - known}"
+
+
+def test_a_spec_package_missing_from_the_lock_is_accepted_only_when_installed_at_the_spec_version(tmp_path):
+    spec = load_spec(cpu_spec(tmp_path))
+    lock = tmp_path / "lock.txt"
+    lock.write_text(f"tqdm=={spec.packages['tqdm']} --hash={HASH}\n")
+    pins = kaggle_lock.parse_lock(lock)
+    installed = {kaggle_lock.canonical_name(n): v for n, v in spec.packages.items()} | {"torch": "2.13.0+cpu"}
+    kaggle_lock.check_against_spec(pins, spec, lock, installed)
+    assert kaggle_lock.held_versions(pins, spec, installed)["torch"] == "2.13.0+cpu"
+    with pytest.raises(kaggle_lock.LockError, match="numpy is missing .* not installed at that version"):
+        kaggle_lock.check_against_spec(pins, spec, lock, {**installed, "numpy": "2.1.0"})
+
+
+def test_rehearsal_describes_the_machine_it_runs_on(tmp_path):
+    """Against this venv (torch 2.13.0+cpu): a carried wheel's version wins over the installed one."""
+    import kaggle_rehearsal
+
+    carried = tmp_path / "whl"
+    carried.mkdir()
+    (carried / "tqdm-4.66.2-py3-none-any.whl").write_bytes(b"x")
+    spec_out, lock_out = kaggle_rehearsal.rehearse(sys.executable, [carried], tmp_path / "out")
+    spec = load_spec(spec_out)
+    assert spec.torch_version == "2.13.0" and spec.torch_cuda == "cpu"
+    assert spec.python_minor == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert spec.packages["tqdm"] == "4.66.2"
+    from importlib.metadata import version
+
+    assert spec.packages["click"] == version("click")
+    assert list(kaggle_lock.parse_lock(lock_out)) == ["tqdm"]
+    assert "# P100, V100" in spec_out.read_text()  # comments and layout kept

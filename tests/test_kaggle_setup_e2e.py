@@ -87,7 +87,9 @@ def wheelhouse(torch_wheel, cpu_spec) -> Path:
     done = run(command, env=clean_env(PIP_CONFIG_FILE=os.devnull), timeout=900)
     if done.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
-        pytest.fail(f"pip download of the test wheelhouse from PyPI failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+        pytest.fail(
+            f"pip download of the test wheelhouse from PyPI failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
     (staging / ".complete").write_text("\n".join(wanted) + "\n")
     shutil.rmtree(house, ignore_errors=True)
     os.replace(staging, house)
@@ -108,7 +110,10 @@ def other_torch_wheel(torch_wheel) -> Path:
     old_info, new_info = f"torch-{TORCH}.dist-info/", f"torch-{OTHER_TORCH}.dist-info/"
     staging = target.with_suffix(".partial")
     records = []
-    with zipfile.ZipFile(torch_wheel) as src, zipfile.ZipFile(staging, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst:
+    with (
+        zipfile.ZipFile(torch_wheel) as src,
+        zipfile.ZipFile(staging, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst,
+    ):
         for info in src.infolist():
             name = info.filename.replace(old_info, new_info)
             if name == f"{new_info}RECORD":

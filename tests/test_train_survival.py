@@ -36,6 +36,14 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen) -> bool:
     return False
 
 
+def last_changed(run: Path, before: int):
+    def changed() -> bool:
+        last = run / "last.pt"
+        return last.exists() and last.stat().st_mtime_ns != before
+
+    return changed
+
+
 def train_steps(run: Path) -> list[int]:
     return [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
 
@@ -53,13 +61,11 @@ def test_sigkill_at_random_moments_never_leaves_a_corrupt_checkpoint(train_data,
         if trial % 4 == 0:  # anywhere, start-up included
             time.sleep(rng.uniform(0.5, 8.0))
         elif trial % 2 == 1:  # the moment a checkpoint write is in flight
-            progressed = wait_for(lambda: (run / "last.pt").exists() and (run / "last.pt").stat().st_mtime_ns != before, 60, proc)
-            assert progressed, proc.communicate()[0]
+            assert wait_for(last_changed(run, before), 60, proc), proc.communicate()[0]
             wait_for(lambda: any(run.glob(".*.tmp-*")), 30, proc)
             time.sleep(rng.uniform(0.0, 0.25))
         else:  # at a random moment of training
-            progressed = wait_for(lambda: (run / "last.pt").exists() and (run / "last.pt").stat().st_mtime_ns != before, 60, proc)
-            assert progressed, proc.communicate()[0]
+            assert wait_for(last_changed(run, before), 60, proc), proc.communicate()[0]
             time.sleep(rng.uniform(0.0, 1.5))
         proc.kill()
         output = proc.communicate()[0]

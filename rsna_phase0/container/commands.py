@@ -121,7 +121,9 @@ def train(image, mri_dir, ct_dir, out, preset, no_gpu, network, shm_size, stop_t
 @click.argument("check_args", nargs=-1, type=click.UNPROCESSED)
 def check_env(image, no_gpu, network, check_args):
     """Run `rsna-phase0 check-env` in the image (with its GPUs); the exit code is check-env's."""
-    _run(RunConfig(image=image, command=["rsna-phase0", "check-env", *check_args], gpu=not no_gpu, network_mode=network))
+    _run(
+        RunConfig(image=image, command=["rsna-phase0", "check-env", *check_args], gpu=not no_gpu, network_mode=network)
+    )
 
 
 @docker.command("shell")

@@ -17,7 +17,19 @@ DEFAULT_IMAGE = "rsna-phase0:latest"
 # Long enough for training to write last.pt after SIGTERM; docker sends SIGKILL when it runs out.
 DEFAULT_STOP_TIMEOUT_S = 120
 # Folders of the image that a same-path mount must never hide.
-_PROTECTED_CONTAINER_PATHS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/opt", "/proc", "/sbin", "/sys", "/usr")
+_PROTECTED_CONTAINER_PATHS = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/opt",
+    "/proc",
+    "/sbin",
+    "/sys",
+    "/usr",
+)
 
 Write = Callable[[str], object]
 

@@ -27,6 +27,7 @@ from rsna_phase0.training.config import preset_from_config, resume_conflicts, se
 from rsna_phase0.training.distributed import (
     all_reduce_max,
     all_reduce_mean,
+    barrier,
     convert_sync_batchnorm,
     dist_info_from_env,
     init_distributed,
@@ -78,14 +79,19 @@ class RunResult:
     epoch: int
     first_loss: float | None = None
     last_loss: float | None = None
+    median_step_s: float | None = None
+    volumes_per_s: float | None = None
     files: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         losses = ""
         if self.first_loss is not None and self.last_loss is not None:
             losses = f"; loss {self.first_loss:.4f} -> {self.last_loss:.4f} (mean of the first/last steps of this session)"
+        speed = ""
+        if self.median_step_s is not None:
+            speed = f"\n[train] speed: median {self.median_step_s:.3f} s/step, {self.volumes_per_s:.2f} volumes/s (all ranks)"
         files = "\n".join(f"  {f}" for f in self.files)
-        return f"[train] {self.reason} at step {self.step} (epoch {self.epoch}){losses}\n[train] files:\n{files}"
+        return f"[train] {self.reason} at step {self.step} (epoch {self.epoch}){losses}{speed}\n[train] files:\n{files}"
 
 
 class RunLock:
@@ -134,6 +140,7 @@ class Trainer:
         self.micro_splits = self.settings.micro_splits
         self.best_val = math.inf
         self.session_losses: list[float] = []
+        self.session_step_s: list[float] = []
         self.last_save_time = time.monotonic()
         self.last_saved_step = -1
         self.env_report: dict = {}
@@ -162,8 +169,9 @@ class Trainer:
                 )
             log(f"resuming from {resume_path}: step {self.resume_state['step']}, epoch "
                 f"{self.resume_state['position']['epoch']}, plan position {self.resume_state['position']['batch']}")
-        elif self.request.resume == "auto":
+        elif self.request.resume == "auto" and self.is_main:
             log(f"--resume auto: no {ckpt.LAST} in {self.run_dir}, starting a new run")
+        barrier(self.dist)  # every rank has decided before rank 0 writes its first checkpoint
         seed_everything(s.seed + self.dist.rank, s.deterministic)
 
         report = PreflightReport()
@@ -462,6 +470,7 @@ class Trainer:
         self.metrics.write(record)
         if math.isfinite(terms["loss"]):
             self.session_losses.append(terms["loss"])
+        self.session_step_s.append(seconds)
         if bar is not None:
             post = {"loss": f"{terms['loss']:.4f}", "lr": f"{lr:.2e}", "vol/s": f"{record['volumes_per_s']:.1f}"}
             if self.device.type == "cuda":
@@ -567,9 +576,13 @@ class Trainer:
         losses = self.session_losses
         k = max(1, min(5, len(losses) // 4))
         files = sorted(p.name for p in self.run_dir.iterdir() if not p.name.startswith(".")) if self.is_main else []
+        # the first steps include warm-up (allocator, kernel maps): the median ignores them
+        median = sorted(self.session_step_s)[len(self.session_step_s) // 2] if self.session_step_s else None
+        regions = self.preset.batch_size * self.batches_per_step()
         return RunResult(
             exit_code=code, reason=reason, step=self.step, epoch=self.epoch,
             first_loss=sum(losses[:k]) / k if losses else None, last_loss=sum(losses[-k:]) / k if losses else None,
+            median_step_s=median, volumes_per_s=regions / median if median else None,
             files=[str(self.run_dir / f) for f in files],
         )
 
