@@ -18,8 +18,10 @@ $(VENV)/.ready: pyproject.toml env/reference.toml installers/build_minkowski.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==$(DEV_TORCH)
+	# hold torch: a package that wants another torch must fail here, not silently replace it
+	echo "torch==$(DEV_TORCH)" > $(VENV)/constraints.txt
 	$(PYTHON) -m rsna_phase0.env.spec requirements --no-torch --dev > $(VENV)/requirements.txt
-	$(BIN)/pip install -q -r $(VENV)/requirements.txt
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -r $(VENV)/requirements.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/python installers/build_minkowski.py --cpu-only --cache $(ME_CACHE)
 	touch $@

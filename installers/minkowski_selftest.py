@@ -103,7 +103,9 @@ def _build_record_summary() -> str:
     return f"{source.get('kind')} {source.get('id')} fixes={record.get('fixes')} torch={record.get('torch')}"
 
 
-def run_checks(expect_cuda: bool, version: str | None) -> list[tuple[bool, str]]:
+def run_checks(expect_cuda: bool, version: str | None, require_gpu: bool = True) -> list[tuple[bool, str]]:
+    """(ok, line) per check. Without a visible GPU (a docker build) the GPU comparison fails only when
+    `require_gpu`; otherwise it is reported as skipped, to be run later with --verify-only on a GPU machine."""
     results: list[tuple[bool, str]] = []
 
     def check(name, fn):
@@ -140,7 +142,10 @@ def run_checks(expect_cuda: bool, version: str | None) -> list[tuple[bool, str]]
 
         def gpu():
             if not torch.cuda.is_available():
-                return False, "no visible GPU to compare on"
+                return (
+                    not require_gpu,
+                    "SKIPPED: no visible GPU to compare on; run `installers/build_minkowski.py --verify-only` on one",
+                )
             errs = gpu_vs_cpu_errors()
             return max(errs.values()) < GPU_RTOL, ", ".join(f"{k} {v:.1e}" for k, v in errs.items())
 
@@ -152,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--expect-cuda", action="store_true", help="require CUDA support and compare GPU to CPU")
     parser.add_argument("--version", default=None, help="the MinkowskiEngine version that must be installed")
+    parser.add_argument(
+        "--no-gpu-ok", action="store_true", help="with --expect-cuda and no visible GPU: skip the GPU comparison"
+    )
     args = parser.parse_args(argv)
-    results = run_checks(args.expect_cuda, args.version)
+    results = run_checks(args.expect_cuda, args.version, require_gpu=not args.no_gpu_ok)
     for ok, line in results:
         print(("ok   " if ok else "FAIL ") + line, flush=True)
     return 0 if results and all(ok for ok, _ in results) else 1

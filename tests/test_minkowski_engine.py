@@ -34,9 +34,9 @@ except ImportError as exc:  # fail loudly: ME is required, never optional
 def test_version_and_build_record_match_this_torch():
     assert ME.__version__ == "0.5.4"
     text = importlib.metadata.distribution("MinkowskiEngine").read_text("rsna_build.json")
-    assert text is not None, (
-        "installed MinkowskiEngine has no rsna_build.json: rebuild with installers/build_minkowski.py"
-    )
+    assert (
+        text is not None
+    ), "installed MinkowskiEngine has no rsna_build.json: rebuild with installers/build_minkowski.py"
     record = json.loads(text)
     # An ME compiled against another torch is the breakage of the previous attempt.
     assert record["torch"] == torch.__version__
