@@ -441,6 +441,8 @@ def ensure_installed(
 
     cached = find_cached_wheel(key, cache_dir, [Path(w) for w in wheelhouses])
     if dry_run:
+        if not cached:
+            check_toolchain(tc, cpu_only=cpu_only, blas=me.blas)  # say now what would make the build fail
         plan = f"would install cached {cached}" if cached else f"would build (MAX_JOBS={jobs or default_jobs()})"
         say(f"dry run: {plan}")
         return BuildResult(cached or Path(), cached is not None, record, time.monotonic() - started, None)

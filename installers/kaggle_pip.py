@@ -21,15 +21,18 @@ HOLD_MARKER = "# Written by rsna_phase0 installers/kaggle_setup.py"
 
 # Runs inside the target interpreter: its prefix, version and installed distributions, without importing them.
 _PROBE = r"""
-import importlib.util, json, os, sys, sysconfig
+import importlib.util, json, os, re, sys, sysconfig
 from importlib import metadata
 sys.path = [p for p in sys.path if p not in ("", os.getcwd())]  # only what is installed, not the current folder
 project = importlib.util.find_spec("rsna_phase0")
-dists = {}
+dists, torch_users = {}, {}
 for d in metadata.distributions():
     name = d.metadata["Name"]
     if name:
         dists[name] = d.version
+        for req in d.requires or []:
+            if re.match(r"torch\s*[=<>!~(]", req) and "extra ==" not in req:
+                torch_users[name] = req
 me = None
 for name in ("MinkowskiEngine", "minkowskiengine"):
     try:
@@ -41,6 +44,7 @@ print(json.dumps({
     "executable": sys.executable, "prefix": sys.prefix, "base_prefix": sys.base_prefix,
     "version": "%d.%d.%d" % sys.version_info[:3], "purelib": sysconfig.get_paths()["purelib"],
     "dists": dists, "me_build": me, "project_origin": project.origin if project else None,
+    "torch_users": torch_users,
 }))
 """
 
@@ -59,6 +63,7 @@ class Installed:
     versions: dict[str, str]  # canonical name -> version
     me_build: dict | None  # MinkowskiEngine's rsna_build.json, when the build module made it
     project_origin: str | None  # where `import rsna_phase0` resolves to
+    torch_users: dict[str, str]  # installed distribution -> its requirement on torch ("torch==2.11.0")
 
     def version_of(self, name: str) -> str | None:
         from kaggle_lock import canonical_name
@@ -89,6 +94,7 @@ def probe_installed(python: str, timeout: float = 60) -> Installed:
         versions={canonical_name(k): v for k, v in raw["dists"].items()},
         me_build=me_build,
         project_origin=raw["project_origin"],
+        torch_users=raw["torch_users"],
     )
 
 
@@ -214,17 +220,26 @@ def hold_pins(python: str, installed: Installed, constraints_file: Path, scope: 
     return config_path, changed
 
 
+def env_overrides_hold(constraints_file: Path, environ=os.environ) -> str:
+    """Why this process's environment (inherited by the notebook's later pip runs) would defeat the hold, or ""."""
+    ours = str(constraints_file)
+    env_value = environ.get("PIP_CONSTRAINT")
+    if env_value is not None and ours not in env_value.split():
+        return (
+            f"PIP_CONSTRAINT={env_value!r} is set and overrides every pip config file, so the hold on torch would "
+            f"not apply: unset it (os.environ.pop('PIP_CONSTRAINT') in the notebook), or add {ours} to it"
+        )
+    if environ.get("PIP_CONFIG_FILE") == os.devnull:
+        return "PIP_CONFIG_FILE is os.devnull: pip reads no config file, so the hold would not apply: unset it"
+    return ""
+
+
 def check_hold(python: str, constraints_file: Path) -> None:
     """Fail unless pip in the target interpreter applies our constraints on `pip install` (env vars included)."""
     ours = str(constraints_file)
-    env_value = os.environ.get("PIP_CONSTRAINT")
-    if env_value is not None and ours not in env_value.split():
-        raise PipError(
-            f"PIP_CONSTRAINT={env_value!r} is set and overrides every pip config file, so the hold on torch would "
-            f"not apply: unset it, or add {ours} to it"
-        )
-    if os.environ.get("PIP_CONFIG_FILE") == os.devnull:
-        raise PipError("PIP_CONFIG_FILE is os.devnull: pip reads no config file, so the hold would not apply")
+    problem = env_overrides_hold(constraints_file)
+    if problem:
+        raise PipError(problem)
     values = effective_config(python)
     for key in ("global.constraint", "install.constraint"):
         if key in values and ours not in values[key].split():

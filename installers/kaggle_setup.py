@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -171,6 +172,16 @@ def me_record_misfit(
     return ""
 
 
+def torch_pinned_elsewhere(torch_users: dict[str, str], torch_version: str) -> list[str]:
+    """Installed packages whose `torch==X` pin the held torch breaks (e.g. the image's torchvision, torchaudio)."""
+    broken = []
+    for name, requirement in sorted(torch_users.items()):
+        match = re.search(r"==\s*([^\s,;)]+)", requirement)
+        if match and kaggle_lock.public_version(match.group(1)) != kaggle_lock.public_version(torch_version):
+            broken.append(f"{name} ({requirement.split(';')[0].strip()})")
+    return broken
+
+
 class Setup:
     def __init__(self, args: argparse.Namespace, layout: Layout):
         self.args, self.layout = args, layout
@@ -236,6 +247,12 @@ class Setup:
             )
         )
         plan.steps.append(Step("check-env", True, f"rsna-phase0 check-env, report to {self.layout.report}", 15.0))
+        broken = torch_pinned_elsewhere(self.installed.torch_users, self.torch_version)
+        if broken:
+            plan.notes.append(
+                f"installed packages pinned to another torch will not work with torch {self.torch_version} (pip "
+                f"warns about them; rsna_phase0 does not use them): {', '.join(broken)}"
+            )
         if self.installed.python_version.rsplit(".", 1)[0] != self.spec.python_minor:
             plan.notes.append(
                 f"Python is {self.installed.python_version}, the spec says {self.spec.python_minor}: the lock's "
@@ -267,6 +284,9 @@ class Setup:
 
     def _plan_hold(self) -> Step:
         path = self.layout.constraints
+        problem = kaggle_pip.env_overrides_hold(path)
+        if problem:
+            return Step("hold", True, "the pins cannot be held for later pip runs", blocked=problem)
         if not path.exists() or path.read_text(encoding="utf-8") != self._constraints_text():
             return Step("hold", True, f"write {path} and name it in the {self.args.pip_config} pip.conf", 2.0)
         try:
@@ -474,7 +494,15 @@ def render_plan(setup: Setup, plan: Plan) -> str:
         "plan:",
     ]
     for step in plan.steps:
-        mark = "BLOCKED" if step.todo and step.blocked else "change" if step.todo else "ok"
+        mark = (
+            "BLOCKED"
+            if step.todo and step.blocked
+            else "ok"
+            if not step.todo
+            else "run"
+            if step.name == "check-env"
+            else "change"
+        )
         lines.append(f"  {step.name:<10} {mark:<7} {step.detail}")
         if step.todo and step.blocked:
             lines.append(f"  {'':<10} {'':<7} {step.blocked}")
@@ -494,7 +522,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--find-links", action="append", default=[], metavar="DIR", help="extra wheel folder (repeat)")
     p.add_argument("--no-index", action="store_true", help="use no package index (offline: --find-links only)")
     p.add_argument("--wheelhouse", action="append", default=[], metavar="DIR", help="MinkowskiEngine wheels (repeat)")
-    p.add_argument("--me-source", default="auto", help="MinkowskiEngine source: auto, or a path to the sdist/tree")
+    p.add_argument(
+        "--me-source", default="auto", help="MinkowskiEngine source: auto, git, sdist, or a path to a tarball/tree"
+    )
     p.add_argument("--cpu-only", action="store_true", help="build MinkowskiEngine without CUDA")
     p.add_argument("--archs", help="CUDA archs to build for, e.g. '6.0;7.5' (default: the GPUs present)")
     p.add_argument("--jobs", type=int, help="compile jobs (default: sized from free memory and cores)")

@@ -253,3 +253,65 @@ def test_rehearsal_describes_the_machine_it_runs_on(tmp_path):
     assert spec.packages["click"] == version("click")
     assert list(kaggle_lock.parse_lock(lock_out)) == ["tqdm"]
     assert "# P100, V100" in spec_out.read_text()  # comments and layout kept
+
+
+def prebuilt_me_wheel(folder: Path, *, torch: str, cpu_only: bool = True) -> Path:
+    """A minimal real wheel carrying a build record as the build module embeds it (no compiled code inside)."""
+    import zipfile
+
+    import build_minkowski
+    from minkowski_wheel import embed_build_record
+
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"minkowskiengine-0.5.4-{kaggle_tag()}-linux_x86_64.whl"
+    info = "minkowskiengine-0.5.4.dist-info"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: MinkowskiEngine\nVersion: 0.5.4\n")
+        zf.writestr(f"{info}/RECORD", f"{info}/METADATA,,\n{info}/RECORD,,\n")
+    record = {
+        "schema": 1,
+        "me_version": "0.5.4",
+        "source": {"kind": "sdist", "id": "b1879c00", "url": "test"},
+        "fixes": ["collections-abc"],
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "torch": torch,
+        "torch_cuda": None,
+        "cuda_archs": None,
+        "cpu_only": cpu_only,
+        "blas": "openblas",
+        "fixer_revision": 1,
+    }
+    record["cache_key"] = build_minkowski.key_of_record(record)
+    embed_build_record(wheel, record)
+    return wheel
+
+
+def kaggle_tag() -> str:
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    return f"{tag}-{tag}"
+
+
+def test_plan_picks_a_fitting_wheel_kept_in_kaggle_input_and_skips_the_build(tmp_path):
+    """Next session: the wheel saved last time, attached as a data set, is found under /kaggle/input/*."""
+    spec_path = cpu_spec(tmp_path)
+    lock = tmp_path / "lock.txt"
+    lock.write_text(spec_lock(load_spec(spec_path)))
+    root = tmp_path / "kaggle"
+    stale = prebuilt_me_wheel(root / "input" / "old-wheels", torch="2.12.0+cpu")
+    kept = prebuilt_me_wheel(root / "input" / "my-me-wheels" / "wheelhouse", torch="2.13.0+cpu")
+    bare = tmp_path / "bare"  # a fresh session's Python: no MinkowskiEngine yet
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=60)
+    env = {**os.environ, "RSNA_PHASE0_SPEC": str(spec_path)}
+    args = ["--dry-run", "--kaggle-root", str(root), "--requirements", str(lock), "--me-cache", str(tmp_path / "c")]
+    done = run_setup(*args, "--cpu-only", "--python", str(bare / "bin" / "python"), env=env)
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.strip().startswith("minkowski"))
+    assert f"install the fitting wheel {kept}" in line and str(stale) not in line
+    assert "build" not in line
+
+
+def test_packages_pinned_to_another_torch_are_named_in_the_plan():
+    import kaggle_setup
+
+    users = {"torchvision": "torch==2.11.0", "torchaudio": "torch==2.4.0", "ptwt": "torch", "timm": "torch>=1.7"}
+    assert kaggle_setup.torch_pinned_elsewhere(users, "2.4.0") == ["torchvision (torch==2.11.0)"]

@@ -80,7 +80,7 @@ def test_stride2_conv_output_coordinates_and_gradcheck():
     assert out.tensor_stride == [2, 2, 2]
 
     feats = feats.clone().requires_grad_(True)
-    fn = ME.MinkowskiConvolutionFunction()
+    fn = ME.MinkowskiConvolutionFunction
     kernel_generator = conv.kernel_generator
     manager = x.coordinate_manager
 

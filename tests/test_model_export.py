@@ -19,12 +19,11 @@ def _trained_a_little(preset) -> Pretrainer:
     torch.manual_seed(0)
     model = Pretrainer(preset)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    for seed in range(2):
-        for modality in ("mri", "ct"):
-            out = model(synthetic_batch(preset, 2, modality=modality, seed=seed))
-            opt.zero_grad()
-            out["loss"].backward()
-            opt.step()
+    for seed, modality in enumerate(("mri", "ct")):
+        out = model(synthetic_batch(preset, 2, modality=modality, seed=seed))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
     return model.eval()
 
 

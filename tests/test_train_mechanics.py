@@ -50,8 +50,8 @@ def test_config_rejects_unknown_keys_and_bad_values():
 
 def test_resume_conflicts_ignore_harmless_changes():
     a = resolve_config("smoke")
-    b = resolve_config("smoke", set_values={"epochs": "9", "max_steps": "3", "lr": "0.5"})
-    assert resume_conflicts(a, b) == ["preset.lr: checkpoint 0.001, now 0.5"]
+    b = resolve_config("smoke", set_values={"epochs": "9", "max_steps": "3", "lr": "0.5", "decoder_dim": "16"})
+    assert resume_conflicts(a, b) == ["preset.decoder_dim: checkpoint 32, now 16"]
 
 
 def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):

@@ -50,6 +50,11 @@ def train(preset, mri_dirs, ct_dirs, out, resume, time_budget, max_steps, epochs
     Exit codes: 0 finished or stopped by the time budget (last.pt saved); 1 refused or failed; 4 hang watchdog;
     5 non-finite loss; 130 SIGINT / 143 SIGTERM (last.pt saved). Under torchrun every rank runs this command.
     """
+    import os
+
+    if deterministic and "torch" not in sys.modules:
+        # MinkowskiEngine's CPU kernels run OpenMP threads that sum in varying order; OpenMP reads this at load time
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     from rsna_phase0.training.config import load_config_file, parse_set_items, resolve_config
 
     try:

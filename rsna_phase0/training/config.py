@@ -46,7 +46,7 @@ PRESET_NAMES = {f.name for f in fields(Preset)} - {"name"}
 # may differ between a checkpoint and the resuming command; anything else must match (or the resume is refused)
 RESUMABLE_CHANGES = {
     "epochs", "max_steps", "checkpoint_every_min", "keep_last_k", "watchdog_s", "skip_nonfinite", "num_workers",
-    "micro_splits", "val_batches_max", "budget_margin_s", "deterministic",
+    "micro_splits", "val_batches_max", "budget_margin_s", "deterministic", "lr", "grad_clip",  # lr/clip: recover from divergence
 }
 
 _DURATION = re.compile(r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?$")

@@ -151,6 +151,11 @@ class Trainer:
     def _prepare(self) -> None:
         s, p = self.settings, self.preset
         self.device = resolve_device(self.request.device, p.name, self.dist.local_rank)
+        if s.deterministic and self.device.type == "cpu" and os.environ.get("OMP_NUM_THREADS") != "1":
+            raise PreflightError(
+                "--deterministic on the CPU needs OMP_NUM_THREADS=1 before Python starts (MinkowskiEngine's CPU "
+                "kernels use OpenMP threads that sum in varying order); run `OMP_NUM_THREADS=1 rsna-phase0 train ...`"
+            )
         init_distributed(self.dist, self.device)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -561,6 +566,9 @@ class Trainer:
                     self.save([ckpt.LAST])
             except NonFiniteLoss as exc:
                 code, reason = ExitCode.NONFINITE, str(exc)
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.last_saved_step != self.step:
+                    self.save([ckpt.LAST])  # the weights before the bad step: resume from them with a lower lr
             finally:
                 self.watchdog.stop()
             if self.is_main:

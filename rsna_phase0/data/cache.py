@@ -1,0 +1,220 @@
+"""The crop cache: each volume stored once, normalised and oriented, as a chunked blosc2 NDArray (`.b2nd`), so a
+training crop decompresses only the chunks it touches instead of the whole `.nii.gz`.
+
+Layout: CACHE/<modality>/<stem>-<hash>.b2nd (the data) and .json next to it (spacing, shape, foreground points,
+the source's size and mtime, the normalisation version, and the SHA-256 and byte size of the .b2nd file). Both are
+written to temporary names and renamed; the .json is written last and is the commit mark, so an interrupted build
+leaves no entry that looks complete. An entry is used only when its .json parses, matches the source file and this
+code's normalisation, and its data file has the recorded size (`verify="full"` also re-hashes it, as `data cache`
+does before skipping an entry); anything else is rebuilt by `rsna-phase0 data cache`, never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rsna_phase0.data.atomic import write_json_atomic
+from rsna_phase0.data.errors import VolumeError
+from rsna_phase0.data.layout import VolumeFile, canonical_stem
+
+CACHE_SCHEMA = 1
+CHUNK = 64  # voxels per axis of a compressed chunk: a 128^3 crop touches 8-27 chunks
+BLOCK = 32
+CLEVEL = 3
+
+
+def entry_paths(cache_dir: str | Path, modality: str, relpath: str) -> tuple[Path, Path]:
+    digest = hashlib.sha256(relpath.encode()).hexdigest()[:12]
+    stem = canonical_stem(Path(relpath).name)
+    base = Path(cache_dir) / modality / f"{stem}-{digest}"
+    return base.with_suffix(".b2nd"), base.with_suffix(".json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _source_fingerprint(path: Path) -> dict:
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime": stat.st_mtime}
+
+
+def load_meta(cache_dir: str | Path, modality: str, relpath: str, source: Path, verify: str = "size") -> dict | None:
+    """The entry's metadata when the entry is complete and current, else None (`verify`: "size" or "full")."""
+    from rsna_phase0.data.intensity import NORMALISATION_VERSION
+
+    data_path, meta_path = entry_paths(cache_dir, modality, relpath)
+    try:
+        meta = json.loads(meta_path.read_text())
+        fingerprint = _source_fingerprint(source)
+        current = (
+            meta.get("schema") == CACHE_SCHEMA
+            and meta.get("normalisation") == NORMALISATION_VERSION
+            and meta.get("relpath") == relpath
+            and meta["source"]["size"] == fingerprint["size"]
+            and meta["source"]["mtime"] == fingerprint["mtime"]
+            and data_path.stat().st_size == meta["data_bytes"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not current or (verify == "full" and _sha256(data_path) != meta["data_sha256"]):
+        return None
+    return meta
+
+
+def write_entry(file: VolumeFile, cache_dir: str | Path, dtype: str = "float32") -> dict:
+    """Read, normalise and store one volume; returns its metadata. Raises VolumeError for a bad volume."""
+    import blosc2
+
+    from rsna_phase0.data.intensity import NORMALISATION_VERSION, foreground_points, normalize
+    from rsna_phase0.data.readers import read_volume
+
+    volume = read_volume(file.path, file.modality)
+    array = normalize(volume.array, file.modality, str(file.path)).astype(dtype, copy=False)
+    foreground = foreground_points(array, str(file.path))
+    data_path, meta_path = entry_paths(cache_dir, file.modality, file.relpath)
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{data_path.stem}.", suffix=".b2nd", dir=data_path.parent)
+    os.close(fd)
+    os.unlink(tmp_name)  # blosc2 creates the file itself
+    try:
+        chunks = (array.shape[0], *(min(CHUNK, n) for n in array.shape[1:]))
+        blocks = (array.shape[0], *(min(BLOCK, n) for n in array.shape[1:]))
+        cparams = {"codec": blosc2.Codec.ZSTD, "clevel": CLEVEL, "filters": [blosc2.Filter.SHUFFLE]}
+        blosc2.asarray(
+            np.ascontiguousarray(array), urlpath=tmp_name, mode="w", chunks=chunks, blocks=blocks, cparams=cparams
+        )
+        with open(tmp_name, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, data_path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    meta = {
+        "schema": CACHE_SCHEMA,
+        "relpath": file.relpath,
+        "modality": file.modality,
+        "normalisation": NORMALISATION_VERSION,
+        "source": _source_fingerprint(file.path),
+        "shape": list(array.shape),
+        "dtype": str(array.dtype),
+        "spacing": list(volume.spacing),
+        "foreground": foreground.tolist(),
+        "data_file": data_path.name,
+        "data_bytes": data_path.stat().st_size,
+        "data_sha256": _sha256(data_path),
+    }
+    write_json_atomic(meta_path, meta, indent=None)
+    return meta
+
+
+@dataclass
+class CachedVolume:
+    """A VolumeSource read lazily from a cache entry (see views.VolumeSource)."""
+
+    path: str  # the source volume, for messages
+    data_path: str
+    spacing: tuple[float, float, float]
+    foreground: np.ndarray
+    full_shape: tuple[int, ...]
+
+    @classmethod
+    def from_meta(cls, cache_dir: str | Path, meta: dict) -> CachedVolume:
+        data_path, _ = entry_paths(cache_dir, meta["modality"], meta["relpath"])
+        return cls(
+            path=meta["source"]["path"],
+            data_path=str(data_path),
+            spacing=tuple(meta["spacing"]),
+            foreground=np.asarray(meta["foreground"], dtype=np.int64).reshape(-1, 3),
+            full_shape=tuple(meta["shape"]),
+        )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.full_shape[1:])
+
+    def read(self, lo, hi) -> np.ndarray:
+        import blosc2
+
+        try:
+            array = blosc2.open(self.data_path, mode="r")
+            block = array[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        except Exception as exc:  # blosc2 raises RuntimeError/ValueError for damaged frames
+            raise VolumeError(
+                self.data_path,
+                f"cache entry of {self.path} is unreadable ({type(exc).__name__}: {exc}); "
+                "rebuild it with `rsna-phase0 data cache`",
+            ) from exc
+        return np.asarray(block, dtype=np.float32)
+
+
+@dataclass
+class CacheReport:
+    built: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
+
+    def summary(self) -> str:
+        lines = [f"cache: {self.built} built, {self.skipped} already complete, {len(self.failed)} rejected"]
+        lines += [f"  {rel}: {reason}" for rel, reason in self.failed]
+        return "\n".join(lines)
+
+
+def _build_one(file: VolumeFile, cache_dir: str, dtype: str) -> tuple[str, str | None]:
+    try:
+        write_entry(file, cache_dir, dtype)
+    except VolumeError as exc:
+        return file.relpath, exc.reason
+    return file.relpath, None
+
+
+def build_cache(
+    files: Iterable[VolumeFile],
+    cache_dir: str | Path,
+    workers: int | None = None,
+    progress: bool = True,
+    dtype: str = "float32",
+) -> CacheReport:
+    """Cache every file not already cached and verified (resumable: complete entries are re-hashed and skipped)."""
+    from tqdm import tqdm
+
+    files = list(files)
+    report = CacheReport()
+    todo = []
+    for f in files:
+        if load_meta(cache_dir, f.modality, f.relpath, f.path, verify="full") is None:
+            todo.append(f)
+        else:
+            report.skipped += 1
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    bar = tqdm(total=len(todo), desc="cache", unit="vol", disable=not progress or len(todo) < 2)
+    results = []
+    if workers <= 1 or len(todo) <= 1:
+        for f in todo:
+            results.append(_build_one(f, str(cache_dir), dtype))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+            for future in as_completed([pool.submit(_build_one, f, str(cache_dir), dtype) for f in todo]):
+                results.append(future.result())
+                bar.update()
+    bar.close()
+    for relpath, reason in sorted(results, key=lambda r: r[0]):
+        if reason is None:
+            report.built += 1
+        else:
+            report.failed.append((relpath, reason))
+    return report

@@ -1,0 +1,91 @@
+"""`rsna-phase0 data scan|cache|synth`: argument parsing and printing only; the work lives in plain functions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+
+@click.group("data")
+def data() -> None:
+    """Scan, cache and synthesise data sets."""
+
+
+@data.command("scan")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), help="write the manifest (JSON) here")
+@click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON instead of the summary table")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="processes (default: every core)")
+def scan(dirs: tuple[Path, ...], out: Path | None, as_json: bool, workers: int | None) -> None:
+    """Read every volume under DIRS (data root, OpenMind_processed[/MRI_T1|MRI_T2|MRA] or NIH_deeplesion[/CT]) and
+    record shape, spacing, intensity statistics, and ok or rejected with the reason."""
+    from rsna_phase0.data.manifest import scan_layout_dirs
+
+    try:
+        manifest = scan_layout_dirs(dirs, workers=workers, progress=not as_json)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if out is not None:
+        manifest.save(out)
+    if as_json:
+        click.echo(
+            json.dumps({"created": manifest.created, "records": [asdict(r) for r in manifest.records]}, indent=1)
+        )
+    else:
+        click.echo(manifest.summary_table())
+        if out is not None:
+            click.echo(f"manifest: {out}")
+    if not manifest.accepted:
+        raise click.ClickException("no usable volume found")
+
+
+@data.command("cache")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="cache folder")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="processes (default: every core)")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="stored precision (float16 halves the size; intensities are in [0, 1])",
+)
+def cache(sources: tuple[Path, ...], out: Path, workers: int | None, dtype: str) -> None:
+    """Store SOURCES (layout folders, or a manifest .json: its accepted volumes) as chunked blosc2 for fast crops.
+    Resumable: complete, verified entries are skipped; partial or corrupt ones are rebuilt."""
+    from rsna_phase0.data.cache import build_cache
+    from rsna_phase0.data.layout import VolumeFile, classify_dir, files_in
+    from rsna_phase0.data.manifest import Manifest
+
+    files: list[VolumeFile] = []
+    try:
+        for source in sources:
+            if source.is_file():
+                files += [
+                    VolumeFile(Path(r.path), r.modality, r.subtype, r.relpath) for r in Manifest.load(source).accepted
+                ]
+            else:
+                files += [f for modality, folder in classify_dir(source) for f in files_in(folder, modality)]
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    report = build_cache(files, out, workers=workers, dtype=dtype)
+    click.echo(report.summary())
+    click.echo(f"cache: {out}")
+
+
+@data.command("synth")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--mri", "n_mri", type=click.IntRange(min=0), default=8, show_default=True, help="MRI volumes (T1, T2, MRA)"
+)
+@click.option("--ct", "n_ct", type=click.IntRange(min=0), default=4, show_default=True, help="CT volumes")
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth(out: Path, n_mri: int, n_ct: int, seed: int) -> None:
+    """Write a small synthetic data set in the users' layout under OUT (seconds)."""
+    from rsna_phase0.data.synth import synth_dataset
+
+    written = synth_dataset(out, mri=n_mri, ct=n_ct, seed=seed)
+    click.echo(f"wrote {len(written)} volumes ({n_mri} MRI, {n_ct} CT) under {out}")

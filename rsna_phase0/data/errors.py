@@ -1,0 +1,14 @@
+"""The one exception the data pipeline raises for bad input: it names the file and what is wrong with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class VolumeError(Exception):
+    """A volume that cannot be used. `path` and `reason` are kept apart so a manifest can record the reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")

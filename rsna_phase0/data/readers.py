@@ -1,0 +1,130 @@
+"""NIfTI readers: every volume comes out float32, channel-first (C, X, Y, Z), oriented RAS, with its spacing in mm.
+
+MRI is 3-D (1 channel). CT holds three HU windows (brain, blood, bone) and arrives as SimpleITK writes vector
+images, (X, Y, Z, 1, 3) under nibabel, or as (X, Y, Z, 3) or channel-first (3, X, Y, Z). Anything else is rejected
+with a VolumeError naming the file and the problem; nothing is ever substituted for an unreadable volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from rsna_phase0.data.errors import VolumeError
+
+MODALITIES = ("mri", "ct")
+CT_WINDOWS = ("brain", "blood", "bone")
+# a volume thinner than this along any axis cannot hold a single patch of any preset
+MIN_AXIS_VOXELS = 8
+
+
+@dataclass
+class Volume:
+    path: str
+    modality: str
+    array: np.ndarray  # (C, X, Y, Z) float32, RAS
+    spacing: tuple[float, float, float]  # mm along X, Y, Z
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape[1:])
+
+
+def check_file(path: Path) -> None:
+    """Cheap checks before nibabel: the path is a readable, non-empty regular file."""
+    if not path.exists():
+        raise VolumeError(path, "file does not exist")
+    if not path.is_file():
+        raise VolumeError(path, "not a regular file (a directory or special file named like a volume)")
+    size = path.stat().st_size
+    if size == 0:
+        raise VolumeError(path, "empty file (0 bytes)")
+
+
+def spatial_layout(shape: tuple[int, ...], modality: str, path: Path) -> tuple[tuple[int, int, int], int, bool]:
+    """(spatial shape, channels, channel_first) for a stored shape, or a VolumeError saying why it is not usable."""
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+    ndim = len(shape)
+    if ndim < 3:
+        raise VolumeError(path, f"{ndim}-D image of shape {shape}: expected a 3-D volume")
+    if modality == "mri":
+        extra = shape[3:]
+        if any(n != 1 for n in extra):
+            raise VolumeError(
+                path,
+                f"{ndim}-D image of shape {shape} ({int(np.prod(extra))} volumes beyond the 3 spatial axes, "
+                "a time series or multi-channel image?): MRI must be a single 3-D volume",
+            )
+        return tuple(shape[:3]), 1, False
+    # CT
+    if ndim == 5 and shape[3] == 1:
+        channels, spatial, first = shape[4], shape[:3], False
+    elif ndim == 4 and shape[3] == 3:
+        channels, spatial, first = 3, shape[:3], False
+    elif ndim == 4 and shape[0] == 3:
+        channels, spatial, first = 3, shape[1:], True
+    elif ndim == 3:
+        raise VolumeError(path, f"3-D image of shape {shape}: CT must hold the 3 windows {CT_WINDOWS}")
+    elif ndim == 4:
+        raise VolumeError(
+            path, f"4-D image of shape {shape} has {shape[3]} channels: CT needs the 3 windows {CT_WINDOWS}"
+        )
+    else:
+        raise VolumeError(
+            path, f"{ndim}-D image of shape {shape}: CT must be (X,Y,Z,1,3), (X,Y,Z,3) or channel-first (3,X,Y,Z)"
+        )
+    if channels != 3:
+        raise VolumeError(path, f"image of shape {shape} has {channels} channels: CT needs the 3 windows {CT_WINDOWS}")
+    return tuple(spatial), 3, first
+
+
+def read_volume(path: str | Path, modality: str) -> Volume:
+    """Load, validate and reorient one volume. Raises VolumeError for anything unusable."""
+    path = Path(path)
+    check_file(path)
+    try:
+        image = nib.load(path)
+    except Exception as exc:  # nibabel raises many types for foreign or broken headers
+        raise VolumeError(path, f"cannot read as NIfTI ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise VolumeError(path, f"not a NIfTI image (nibabel read it as {type(image).__name__})")
+    spatial, channels, channel_first = spatial_layout(tuple(image.shape), modality, path)
+    if min(spatial) < MIN_AXIS_VOXELS:
+        raise VolumeError(path, f"spatial shape {spatial} is thinner than {MIN_AXIS_VOXELS} voxels along an axis")
+    try:
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as exc:  # truncated gzip, short file, zlib errors
+        raise VolumeError(
+            path, f"cannot read the voxel data, truncated or corrupt file ({type(exc).__name__}: {exc})"
+        ) from exc
+    data = np.moveaxis(data, 0, -1) if channel_first else data.reshape(*spatial, channels)
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise VolumeError(path, f"{bad} NaN/Inf voxels of {data.size}")
+    affine = image.affine
+    if affine is None or not np.all(np.isfinite(affine)):
+        raise VolumeError(path, "header has no usable affine (spacing and orientation unknown)")
+    try:
+        data, affine = to_ras(data, affine)
+    except ValueError as exc:
+        raise VolumeError(path, str(exc)) from exc
+    spacing = tuple(float(s) for s in nib.affines.voxel_sizes(affine))
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise VolumeError(path, f"invalid voxel spacing {spacing} in the header")
+    array = np.ascontiguousarray(np.moveaxis(data, -1, 0))
+    return Volume(path=str(path), modality=modality, array=array, spacing=spacing)
+
+
+def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder/flip the three spatial axes of (X, Y, Z, C) data to the closest RAS orientation."""
+    ornt = nib.orientations.io_orientation(affine)
+    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
+        return data, affine
+    if np.isnan(ornt).any():
+        raise ValueError("affine is degenerate: cannot orient the volume")
+    affine = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape[:3])
+    return nib.orientations.apply_orientation(data, ornt), affine
