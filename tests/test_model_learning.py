@@ -34,8 +34,8 @@ def test_smoke_preset_fits_a_fixed_batch():
     torch.manual_seed(0)
     preset = get_preset("smoke")
     model = Pretrainer(preset)
-    batch = synthetic_batch(preset, 2, modality="mri", seed=3)
-    losses = _train(model, [batch] * 150)
+    batch = synthetic_batch(preset, 1, modality="mri", seed=3)
+    losses = _train(model, [batch] * 80)
     assert min(losses[-10:]) < losses[0] / 5, f"loss {losses[0]:.3f} -> {min(losses[-10:]):.3f}"
 
 
@@ -49,7 +49,7 @@ def nearest_visible_copy(image: torch.Tensor, hidden_voxels: torch.Tensor) -> to
             chunk = hidden[start : start + 2048]
             nearest = visible[torch.cdist(chunk, visible.float()).argmin(dim=1)]
             z, y, x = chunk.long().unbind(1)
-            out[v, :, z, y, x] = image[v, :, nearest[:, 0], nearest[:, 1], nearest[:, 2]].T
+            out[v, :, z, y, x] = image[v, :, nearest[:, 0], nearest[:, 1], nearest[:, 2]]
     return out
 
 
@@ -58,33 +58,46 @@ def _normalised(values: torch.Tensor, image: torch.Tensor, patch: int) -> torch.
     return unpatchify((patchify(values, patch) - mean) / std, patch)
 
 
+def _hidden_sums(views, batch, preset) -> dict[str, float]:
+    """Summed errors over hidden patches (normalised) and hidden voxels (intensities) of both levels."""
+    sums = dict.fromkeys(("model", "mean", "copy", "model_raw", "mean_raw", "copy_raw", "patches", "voxels"), 0.0)
+    p = preset.patch_size
+    for level, mask in (("global", batch.global_mask), ("local", batch.local_mask)):
+        image = views[f"{level}_input"]
+        hidden_voxels = mask_at_stride(mask, p, 1)
+        copied = nearest_visible_copy(image, hidden_voxels)
+        mean, _ = patch_statistics(image, p)
+        patch_mean = unpatchify(mean.expand(*mean.shape[:-1], p**3), p)
+        predictions = {"model": views[f"{level}_prediction"], "mean": torch.zeros_like(image)}
+        predictions["copy"] = _normalised(copied, image, p)
+        for name, prediction in predictions.items():
+            sums[name] += float((masked_patch_errors(prediction, image, p) * mask.float()).sum())
+        hidden = hidden_voxels.unsqueeze(1).expand_as(image)
+        for name, values in (("model", views[f"{level}_reconstruction"]), ("mean", patch_mean), ("copy", copied)):
+            sums[f"{name}_raw"] += float(((values - image) ** 2)[hidden].sum())
+        sums["patches"] += float(mask.sum())
+        sums["voxels"] += float(hidden.sum())
+    return sums
+
+
 @pytest.mark.slow
 def test_reconstruction_of_held_out_volumes_beats_trivial_baselines():
     torch.manual_seed(0)
     preset = get_preset("smoke")
     model = Pretrainer(preset)
-    _train(model, (synthetic_batch(preset, 2, modality="mri", seed=1000 + step) for step in range(300)))
+    _train(model, (synthetic_batch(preset, 1, modality="mri", seed=1000 + step) for step in range(150)), lr=3e-3)
     model.eval()
-    model_err, mean_err, copy_err, n = 0.0, 0.0, 0.0, 0.0
-    for seed in range(3):  # held out: seeds never used in training
+    totals: dict[str, float] = {}
+    for seed in range(2):  # held out: seeds never used in training
         batch = synthetic_batch(preset, 2, modality="mri", seed=seed)
-        views = model.reconstruct(batch)
-        for level, mask in (("global", batch.global_mask), ("local", batch.local_mask)):
-            image = views[f"{level}_input"]
-            hidden = mask.float()
-            copied = nearest_visible_copy(image, mask_at_stride(mask, preset.patch_size, 1))
-            errors = {
-                "model": masked_patch_errors(views[f"{level}_prediction"], image, preset.patch_size),
-                "mean": masked_patch_errors(torch.zeros_like(image), image, preset.patch_size),
-                "copy": masked_patch_errors(_normalised(copied, image, preset.patch_size), image, preset.patch_size),
-            }
-            model_err += float((errors["model"] * hidden).sum())
-            mean_err += float((errors["mean"] * hidden).sum())
-            copy_err += float((errors["copy"] * hidden).sum())
-            n += float(hidden.sum())
-    model_err, mean_err, copy_err = model_err / n, mean_err / n, copy_err / n
-    print(
-        f"held-out masked-patch MSE: model {model_err:.3f}, patch mean {mean_err:.3f}, nearest visible {copy_err:.3f}"
-    )
-    assert model_err < 0.8 * mean_err, (model_err, mean_err)
-    assert model_err < 0.8 * copy_err, (model_err, copy_err)
+        for key, value in _hidden_sums(model.reconstruct(batch), batch, preset).items():
+            totals[key] = totals.get(key, 0.0) + value
+    norm = {k: totals[k] / totals["patches"] for k in ("model", "mean", "copy")}
+    raw = {k: totals[f"{k}_raw"] / totals["voxels"] for k in ("model", "mean", "copy")}
+    print(f"held-out hidden-patch MSE, normalised: {norm}; intensities: {raw}")
+    # normalised units (the training loss): the patch mean scores ~1
+    assert norm["model"] < 0.9 * norm["mean"], norm
+    assert norm["model"] < 0.85 * norm["copy"], norm
+    # intensities: the model's patch shape with the true patch mean/std vs the true mean and the copied voxel
+    assert raw["model"] < 0.85 * raw["mean"], raw
+    assert raw["model"] < 0.85 * raw["copy"], raw

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from rsna_phase0.training import checkpoint as ckpt
-from rsna_phase0.training.config import parse_duration, resolve_config, resume_conflicts
+from rsna_phase0.training.config import (
+    SMOKE_EPOCHS,
+    load_config_file,
+    parse_duration,
+    resolve_config,
+    resume_conflicts,
+)
 from rsna_phase0.training.metrics import MetricsLog, plot_loss_curve, read_metrics
 from rsna_phase0.training.rng import capture_rng, restore_rng
 from rsna_phase0.training.schedule import WarmupCosine
@@ -54,6 +60,16 @@ def test_resume_conflicts_ignore_harmless_changes():
     assert resume_conflicts(a, b) == ["preset.decoder_dim: checkpoint 32, now 16"]
 
 
+def test_a_runs_config_json_is_a_config_file(tmp_path):
+    config = resolve_config("dev", set_values={"lr": "0.01", "stage_dims": "24,48,96,160"})
+    path = tmp_path / "config.json"
+    ckpt.atomic_write_json(path, config)
+    again = resolve_config(None, load_config_file(path))
+    assert again["preset"]["name"] == "dev" and resume_conflicts(config, again) == []
+    assert resolve_config(None)["train"]["epochs"] == SMOKE_EPOCHS
+    assert resolve_config("kaggle", load_config_file(path))["preset"]["name"] == "kaggle"  # --preset wins
+
+
 def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
     target = tmp_path / "last.pt"
     ckpt.atomic_write_text(target, "old")
@@ -70,8 +86,15 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
 
 def _state(step: int) -> dict:
     model = torch.nn.Linear(3, 2)
-    return {"model": model.state_dict(), "optimizer": {}, "scheduler": {}, "rng": capture_rng(),
-            "position": {"epoch": 0, "batch": step}, "step": step, "config": {"preset": {}, "train": {}}}
+    return {
+        "model": model.state_dict(),
+        "optimizer": {},
+        "scheduler": {},
+        "rng": capture_rng(),
+        "position": {"epoch": 0, "batch": step},
+        "step": step,
+        "config": {"preset": {}, "train": {}},
+    }
 
 
 def test_checkpoint_round_trip_and_clear_errors(tmp_path):
@@ -97,7 +120,9 @@ def test_link_rotation_and_stale_temps(tmp_path):
         ckpt.link_or_copy(epoch_file, tmp_path / ckpt.LAST)
         ckpt.rotate_epoch_checkpoints(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.glob("checkpoint_epoch_*")) == [
-        "checkpoint_epoch_0003.pt", "checkpoint_epoch_0004.pt"]
+        "checkpoint_epoch_0003.pt",
+        "checkpoint_epoch_0004.pt",
+    ]
     assert ckpt.load_checkpoint(tmp_path / ckpt.LAST)["step"] == 4
     (tmp_path / ".last.pt.tmp-123").write_bytes(b"partial")
     assert [p.name for p in ckpt.remove_stale_temps(tmp_path)] == [".last.pt.tmp-123"]

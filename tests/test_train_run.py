@@ -30,8 +30,21 @@ def train(train_data, out: Path, *args: str, env: dict | None = None):
 def train_process(train_data, out: Path, *args: str) -> tuple[int, str]:
     """The CLI in a fresh process: --deterministic needs OMP_NUM_THREADS=1 from the start (set by the command)."""
     mri, ct = train_data
-    argv = [sys.executable, "-m", "rsna_phase0.training", "--preset", "smoke", "--mri-dir", str(mri), "--ct-dir", str(ct),
-            "--out", str(out), *TINY, *args]
+    argv = [
+        sys.executable,
+        "-m",
+        "rsna_phase0.training",
+        "--preset",
+        "smoke",
+        "--mri-dir",
+        str(mri),
+        "--ct-dir",
+        str(ct),
+        "--out",
+        str(out),
+        *TINY,
+        *args,
+    ]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     return done.returncode, done.stdout + done.stderr
@@ -153,3 +166,9 @@ def test_export_encoder_loads_without_minkowski(train_data, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     result = CliRunner().invoke(main, ["export-encoder", str(bad), str(tmp_path / "enc2.pt")])
     assert result.exit_code == 1 and f"checkpoint {bad}: cannot be read" in result.output
+
+
+def test_deterministic_on_cpu_demands_single_threaded_openmp(train_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    code, out = train(train_data, tmp_path / "run", "--deterministic")
+    assert code == 1 and "--deterministic on the CPU needs OMP_NUM_THREADS=1" in out

@@ -1,6 +1,6 @@
 """`python -m rsna_phase0.training [train options]`: the entry point for torchrun, e.g.
 
-    torchrun --nproc_per_node=2 -m rsna_phase0.training --preset kaggle --mri-dir ... --out runs/k1 --resume auto
+torchrun --nproc_per_node=2 -m rsna_phase0.training --preset kaggle --mri-dir ... --out runs/k1 --resume auto
 """
 
 import sys

@@ -28,7 +28,9 @@ def resolve_amp(setting: str, device: torch.device) -> AmpMode:
         return AmpMode(None, False)
     if setting == "bf16" or (setting == "auto" and major >= 8):
         if major < 8:
-            raise ValueError(f"amp=bf16: {torch.cuda.get_device_name(device)} (capability {major}.x) has no fast bf16; use fp16 or auto")
+            raise ValueError(
+                f"amp=bf16: {torch.cuda.get_device_name(device)} (capability {major}.x) has no fast bf16; use fp16 or auto"
+            )
         return AmpMode(torch.bfloat16, False)
     return AmpMode(torch.float16, True)
 

@@ -109,9 +109,13 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
             "it is damaged or not a checkpoint of this project"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path}: not an rsna_phase0 training checkpoint (format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+        raise CheckpointError(
+            f"checkpoint {path}: not an rsna_phase0 training checkpoint (format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})"
+        )
     if state.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path}: format version {state.get('version')}, this code reads {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"checkpoint {path}: format version {state.get('version')}, this code reads {FORMAT_VERSION}"
+        )
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path}: missing {', '.join(missing)}")

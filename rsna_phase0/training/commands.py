@@ -22,29 +22,73 @@ def _duration(_ctx, _param, value):
 
 
 @click.command("train")
-@click.option("--preset", type=click.Choice(PRESET_CHOICES), default="smoke", show_default=True)
-@click.option("--mri-dir", "mri_dirs", multiple=True, type=click.Path(path_type=Path),
-              help="OpenMind folder (MRI_T1/MRI_T2/MRA inside) or a folder of MRI volumes; repeatable")
-@click.option("--ct-dir", "ct_dirs", multiple=True, type=click.Path(path_type=Path),
-              help="DeepLesion CT folder (3-window NIfTI); repeatable")
+@click.option(
+    "--preset", type=click.Choice(PRESET_CHOICES), default=None, help="default: the --config file's preset, else smoke"
+)
+@click.option(
+    "--mri-dir",
+    "mri_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="OpenMind folder (MRI_T1/MRI_T2/MRA inside) or a folder of MRI volumes; repeatable",
+)
+@click.option(
+    "--ct-dir",
+    "ct_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="DeepLesion CT folder (3-window NIfTI); repeatable",
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="run folder (checkpoints, metrics, config)")
 @click.option("--resume", default=None, help="auto (RUN_DIR/last.pt if present) or a checkpoint path")
-@click.option("--time-budget", callback=_duration, default=None,
-              help="stop with a checkpoint before this much wall time, e.g. 8h30m, 45m, 90s")
-@click.option("--max-steps", type=int, default=None, help="stop after N optimiser steps (the lr schedule follows --epochs)")
+@click.option(
+    "--time-budget",
+    callback=_duration,
+    default=None,
+    help="stop with a checkpoint before this much wall time, e.g. 8h30m, 45m, 90s",
+)
+@click.option(
+    "--max-steps", type=int, default=None, help="stop after N optimiser steps (the lr schedule follows --epochs)"
+)
 @click.option("--epochs", type=int, default=None)
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-              help="JSON/TOML settings, or a run's config.json")
-@click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE", help="override a preset field or training setting")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="JSON/TOML settings, or a run's config.json",
+)
+@click.option(
+    "--set", "set_items", multiple=True, metavar="KEY=VALUE", help="override a preset field or training setting"
+)
 @click.option("--allow-env-mismatch", is_flag=True, help="train even if check-env finds a difference")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=None)
-@click.option("--deterministic", is_flag=True, default=None, help="deterministic algorithms (slower; exact resume on CPU)")
+@click.option(
+    "--deterministic", is_flag=True, default=None, help="deterministic algorithms (slower; exact resume on CPU)"
+)
 @click.option("--num-workers", type=int, default=None, help="data loading processes per rank")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None, help="crop cache folder")
 @click.option("--no-progress", is_flag=True, help="no progress bars (logs only)")
-def train(preset, mri_dirs, ct_dirs, out, resume, time_budget, max_steps, epochs, config_file, set_items,
-          allow_env_mismatch, device, seed, deterministic, num_workers, cache_dir, no_progress) -> None:
+def train(
+    preset,
+    mri_dirs,
+    ct_dirs,
+    out,
+    resume,
+    time_budget,
+    max_steps,
+    epochs,
+    config_file,
+    set_items,
+    allow_env_mismatch,
+    device,
+    seed,
+    deterministic,
+    num_workers,
+    cache_dir,
+    no_progress,
+) -> None:
     """Pre-train the Phase-0 encoder: preflight report, then the loop with resumable checkpoints.
 
     Exit codes: 0 finished or stopped by the time budget (last.pt saved); 1 refused or failed; 4 hang watchdog;
@@ -59,14 +103,30 @@ def train(preset, mri_dirs, ct_dirs, out, resume, time_budget, max_steps, epochs
 
     try:
         file_values = load_config_file(config_file) if config_file else {}
-        flags = {"epochs": epochs, "max_steps": max_steps, "seed": seed, "num_workers": num_workers,
-                 "deterministic": deterministic}
+        flags = {
+            "epochs": epochs,
+            "max_steps": max_steps,
+            "seed": seed,
+            "num_workers": num_workers,
+            "deterministic": deterministic,
+        }
         config = resolve_config(preset, file_values, parse_set_items(set_items), flags)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    exit_with(run_from_cli(config, out=out, mri_dirs=list(mri_dirs), ct_dirs=list(ct_dirs), resume=resume,
-                           time_budget_s=time_budget, allow_env_mismatch=allow_env_mismatch, device=device,
-                           cache_dir=cache_dir, progress=not no_progress))
+    exit_with(
+        run_from_cli(
+            config,
+            out=out,
+            mri_dirs=list(mri_dirs),
+            ct_dirs=list(ct_dirs),
+            resume=resume,
+            time_budget_s=time_budget,
+            allow_env_mismatch=allow_env_mismatch,
+            device=device,
+            cache_dir=cache_dir,
+            progress=not no_progress,
+        )
+    )
 
 
 def run_from_cli(config: dict, **request_fields) -> int:

@@ -18,7 +18,7 @@ from rsna_phase0.presets import PRESETS, Preset, get_preset
 
 @dataclass
 class TrainSettings:
-    epochs: int = 100
+    epochs: int = 100  # the smoke preset defaults to SMOKE_EPOCHS (its plan fits the demo's minutes)
     max_steps: int | None = None  # stop after this many optimiser steps in total; the lr schedule follows `epochs`
     accum_steps: int = 1  # plan batches per rank in one optimiser step
     micro_splits: int = 1  # each batch runs as this many micro-batches (CUDA OOM doubles it)
@@ -41,12 +41,24 @@ class TrainSettings:
     budget_margin_s: float = 5.0  # extra safety before the time budget, on top of measured step + checkpoint time
 
 
+SMOKE_EPOCHS = 8
 SETTING_NAMES = {f.name for f in fields(TrainSettings)}
 PRESET_NAMES = {f.name for f in fields(Preset)} - {"name"}
 # may differ between a checkpoint and the resuming command; anything else must match (or the resume is refused)
 RESUMABLE_CHANGES = {
-    "epochs", "max_steps", "checkpoint_every_min", "keep_last_k", "watchdog_s", "skip_nonfinite", "num_workers",
-    "micro_splits", "val_batches_max", "budget_margin_s", "deterministic", "lr", "grad_clip",  # lr/clip: recover from divergence
+    "epochs",
+    "max_steps",
+    "checkpoint_every_min",
+    "keep_last_k",
+    "watchdog_s",
+    "skip_nonfinite",
+    "num_workers",
+    "micro_splits",
+    "val_batches_max",
+    "budget_margin_s",
+    "deterministic",
+    "lr",
+    "grad_clip",  # lr/clip: recover from divergence
 }
 
 _DURATION = re.compile(r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?$")
@@ -111,23 +123,30 @@ def load_config_file(path: str | Path) -> dict:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"config file {path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({exc})") from None
+        raise ValueError(
+            f"config file {path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({exc})"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path}: expected a mapping of settings at the top level")
     if isinstance(data.get("preset"), dict):  # a saved run config
-        flat = {k: v for k, v in data["preset"].items()}
+        flat = {k: v for k, v in data["preset"].items() if k != "name"}
         flat.update(data.get("train", {}))
+        flat["preset"] = data["preset"].get("name")
         return flat
     return data
 
 
-def resolve_config(preset_name: str, file_values: dict | None = None, set_values: dict | None = None,
-                   flags: dict | None = None) -> dict:
-    """Merge the layers (later wins) into {"preset": Preset.to_dict(), "train": asdict(TrainSettings)}."""
+def resolve_config(
+    preset_name: str | None, file_values: dict | None = None, set_values: dict | None = None, flags: dict | None = None
+) -> dict:
+    """Merge the layers (later wins) into {"preset": Preset.to_dict(), "train": asdict(TrainSettings)}.
+
+    The preset is `preset_name` (--preset) if given, else the config file's, else smoke."""
     merged: dict = {}
     for layer in (file_values or {}), (set_values or {}), {k: v for k, v in (flags or {}).items() if v is not None}:
         merged.update(layer)
-    preset_name = merged.pop("preset", None) or preset_name
+    preset_name = preset_name or merged.pop("preset", None) or "smoke"
+    merged.pop("preset", None)
     merged.pop("name", None)
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
@@ -140,7 +159,11 @@ def resolve_config(preset_name: str, file_values: dict | None = None, set_values
     base_preset = PRESETS[preset_name]
     defaults = TrainSettings()
     preset_over = {k: _coerce(k, v, getattr(base_preset, k)) for k, v in merged.items() if k in PRESET_NAMES}
-    settings = TrainSettings(**{k: _coerce(k, v, getattr(defaults, k)) for k, v in merged.items() if k in SETTING_NAMES})
+    settings = TrainSettings(
+        **{k: _coerce(k, v, getattr(defaults, k)) for k, v in merged.items() if k in SETTING_NAMES}
+    )
+    if preset_name == "smoke" and "epochs" not in merged:
+        settings.epochs = SMOKE_EPOCHS
     preset = get_preset(preset_name, **preset_over)  # validates geometry
     validate_settings(settings)
     return {"preset": preset.to_dict(), "train": asdict(settings)}

@@ -35,8 +35,10 @@ def export_encoder_file(checkpoint: str | Path, out: str | Path, verify: bool = 
     encoder = export_dense_encoder({"preset": state["config"]["preset"], "model": state["model"]})
     path = save_dense_encoder(encoder, out)
     params = sum(p.numel() for p in encoder.parameters())
-    text = (f"exported the dense encoder of {checkpoint} (step {state['step']}, preset {state['config']['preset']['name']}) "
-            f"to {path}: {params / 1e6:.2f} M parameters")
+    text = (
+        f"exported the dense encoder of {checkpoint} (step {state['step']}, preset {state['config']['preset']['name']}) "
+        f"to {path}: {params / 1e6:.2f} M parameters"
+    )
     if verify:
         loaded = verify_loads_without_minkowski(path)
         if loaded != params:

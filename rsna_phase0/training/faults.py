@@ -1,6 +1,6 @@
 """Fault injection for the survival tests, switched on only by environment variables (all unset in real runs).
 
-- RSNA_PHASE0_FAULT_SLOW_SAVE=SECONDS: pause inside every checkpoint write (temp file half written), so a test's
+- RSNA_PHASE0_FAULT_SLOW_SAVE=SECONDS: pause inside every checkpoint write (temp file written, not yet renamed), so a test's
   SIGKILL can land in the middle of one.
 - RSNA_PHASE0_FAULT_HANG_AT_STEP=N: the loop stops making progress before step N (exercises the watchdog).
 - RSNA_PHASE0_FAULT_OOM_ABOVE=B: a micro-batch of more than B regions raises CUDA OutOfMemoryError (OOM back-off).

@@ -120,7 +120,9 @@ def scan_data(report: PreflightReport, mri_dirs: list[Path], ct_dirs: list[Path]
     return manifest
 
 
-def smoke_step(report: PreflightReport, model: torch.nn.Module, batches: dict, device: torch.device, amp: AmpMode) -> None:
+def smoke_step(
+    report: PreflightReport, model: torch.nn.Module, batches: dict, device: torch.device, amp: AmpMode
+) -> None:
     """One forward and backward per modality (twice: the second is timed), leaving weights, buffers, gradients and
     every RNG exactly as found, so a run with preflight equals one without."""
     saved_state = copy.deepcopy(model.state_dict())
@@ -152,7 +154,9 @@ def smoke_step(report: PreflightReport, model: torch.nn.Module, batches: dict, d
                     torch.cuda.synchronize(device)
                 seconds = time.perf_counter() - start
                 if not torch.isfinite(loss.detach()).item():
-                    raise PreflightError(f"smoke step: the {modality.upper()} loss is {loss.item()} before any training")
+                    raise PreflightError(
+                        f"smoke step: the {modality.upper()} loss is {loss.item()} before any training"
+                    )
                 if attempt == 0:
                     gpu_guard(model, batch, loss, device, before)
                 model.zero_grad(set_to_none=True)
@@ -160,7 +164,10 @@ def smoke_step(report: PreflightReport, model: torch.nn.Module, batches: dict, d
             report.step_seconds[modality] = seconds
             report.peak_memory_mb[modality] = peak
             memory = f", peak GPU memory {peak:.0f} MiB" if device.type == "cuda" else ""
-            report.add("smoke step", f"{modality.upper()} batch {tuple(batch.global_image.shape)}: forward+backward {seconds:.2f} s{memory}")
+            report.add(
+                "smoke step",
+                f"{modality.upper()} batch {tuple(batch.global_image.shape)}: forward+backward {seconds:.2f} s{memory}",
+            )
     finally:
         model.load_state_dict(saved_state)
         model.zero_grad(set_to_none=True)
@@ -189,13 +196,23 @@ def gpu_guard(model: torch.nn.Module, batch, loss: torch.Tensor, device: torch.d
         )
 
 
-def estimate_time(report: PreflightReport, *, step_s: float, steps_per_epoch: int, epochs: int, done_steps: int,
-                  budget_s: float | None, elapsed_s: float) -> None:
+def estimate_time(
+    report: PreflightReport,
+    *,
+    step_s: float,
+    steps_per_epoch: int,
+    epochs: int,
+    done_steps: int,
+    budget_s: float | None,
+    elapsed_s: float,
+) -> None:
     total_steps = steps_per_epoch * epochs
     epoch_s = step_s * steps_per_epoch
     remaining_steps = max(0, total_steps - done_steps)
-    text = (f"~{step_s:.2f} s/step, {steps_per_epoch} steps/epoch = {_fmt(epoch_s)}/epoch; "
-            f"{remaining_steps} steps left = {_fmt(remaining_steps * step_s)}")
+    text = (
+        f"~{step_s:.2f} s/step, {steps_per_epoch} steps/epoch = {_fmt(epoch_s)}/epoch; "
+        f"{remaining_steps} steps left = {_fmt(remaining_steps * step_s)}"
+    )
     if budget_s is not None:
         left = budget_s - elapsed_s
         fit = int(left // epoch_s) if epoch_s > 0 else 0

@@ -41,7 +41,11 @@ class StopRequest:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C means "now"
         self.signum = signum
-        print(f"\n[train] received {signal.Signals(signum).name}: saving last.pt after the current step", file=sys.stderr, flush=True)
+        print(
+            f"\n[train] received {signal.Signals(signum).name}: saving last.pt after the current step",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -103,8 +107,13 @@ class TimeBudget:
 class Watchdog:
     """A daemon thread: if no step finishes for `timeout_s`, dump every thread's stack, try to save, exit 4."""
 
-    def __init__(self, timeout_s: float, stacks_path: Path, on_hang: Callable[[], None] | None = None,
-                 poll_s: float | None = None) -> None:
+    def __init__(
+        self,
+        timeout_s: float,
+        stacks_path: Path,
+        on_hang: Callable[[], None] | None = None,
+        poll_s: float | None = None,
+    ) -> None:
         self.timeout_s = timeout_s
         self.stacks_path = stacks_path
         self.on_hang = on_hang

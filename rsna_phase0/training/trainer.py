@@ -81,17 +81,23 @@ class RunResult:
     last_loss: float | None = None
     median_step_s: float | None = None
     volumes_per_s: float | None = None
+    val_losses: list[float] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        losses = ""
-        if self.first_loss is not None and self.last_loss is not None:
-            losses = f"; loss {self.first_loss:.4f} -> {self.last_loss:.4f} (mean of the first/last steps of this session)"
-        speed = ""
+        lines = [self.reason, f"step {self.step}, epoch {self.epoch}"]
+        if self.first_loss is not None:
+            lines[-1] += (
+                f"; train loss {self.first_loss:.4f} -> {self.last_loss:.4f} (first/last steps of this session)"
+            )
+        if self.val_losses:
+            lines[-1] += f"; validation loss {self.val_losses[0]:.4f} -> {self.val_losses[-1]:.4f}"
         if self.median_step_s is not None:
-            speed = f"\n[train] speed: median {self.median_step_s:.3f} s/step, {self.volumes_per_s:.2f} volumes/s (all ranks)"
-        files = "\n".join(f"  {f}" for f in self.files)
-        return f"[train] {self.reason} at step {self.step} (epoch {self.epoch}){losses}{speed}\n[train] files:\n{files}"
+            lines.append(
+                f"speed: median {self.median_step_s:.3f} s/step, {self.volumes_per_s:.2f} volumes/s (all ranks)"
+            )
+        lines.append("files:")
+        return "\n".join(f"[train] {line}" for line in lines) + "\n" + "\n".join(f"  {f}" for f in self.files)
 
 
 class RunLock:
@@ -107,7 +113,9 @@ class RunLock:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.handle.close()
-            raise TrainingError(f"{self.path.parent} is in use by another training process (lock {self.path})") from None
+            raise TrainingError(
+                f"{self.path.parent} is in use by another training process (lock {self.path})"
+            ) from None
         self.handle.write(str(os.getpid()))
         self.handle.flush()
         return self
@@ -141,6 +149,8 @@ class Trainer:
         self.best_val = math.inf
         self.session_losses: list[float] = []
         self.session_step_s: list[float] = []
+        self.epoch_losses: list[float] = []
+        self.session_val: list[float] = []
         self.last_save_time = time.monotonic()
         self.last_saved_step = -1
         self.env_report: dict = {}
@@ -172,22 +182,29 @@ class Trainer:
                     f"cannot resume {resume_path} with different settings: {'; '.join(conflicts)}. Use the same "
                     "settings (the run's config.json works with --config) or start a new --out"
                 )
-            log(f"resuming from {resume_path}: step {self.resume_state['step']}, epoch "
-                f"{self.resume_state['position']['epoch']}, plan position {self.resume_state['position']['batch']}")
+            log(
+                f"resuming from {resume_path}: step {self.resume_state['step']}, epoch "
+                f"{self.resume_state['position']['epoch']}, plan position {self.resume_state['position']['batch']}"
+            )
         elif self.request.resume == "auto" and self.is_main:
             log(f"--resume auto: no {ckpt.LAST} in {self.run_dir}, starting a new run")
         barrier(self.dist)  # every rank has decided before rank 0 writes its first checkpoint
         seed_everything(s.seed + self.dist.rank, s.deterministic)
 
         report = PreflightReport()
-        report.add("run", f"preset {p.name}, device {self.device}, world size {self.dist.world_size}, "
-                          f"batch {p.batch_size} x accum {s.accum_steps} x ranks {self.dist.world_size}, out {self.run_dir}")
+        report.add(
+            "run",
+            f"preset {p.name}, device {self.device}, world size {self.dist.world_size}, "
+            f"batch {p.batch_size} x accum {s.accum_steps} x ranks {self.dist.world_size}, out {self.run_dir}",
+        )
         self.report = report
         must_match = self.device.type == "cuda" or p.name != "smoke"
         try:
             check_environment(report, must_match=must_match, allow_mismatch=self.request.allow_env_mismatch)
             self.env_report = json.loads(json.dumps(report.env_report, default=str))
-            manifest = scan_data(report, self.request.mri_dirs, self.request.ct_dirs, progress=self.request.progress and self.is_main)
+            manifest = scan_data(
+                report, self.request.mri_dirs, self.request.ct_dirs, progress=self.request.progress and self.is_main
+            )
             self._build_data(manifest)
             self._build_model()
             smoke_step(report, self.model, self._smoke_batches(), self.device, self.amp)
@@ -202,9 +219,15 @@ class Trainer:
         steps_per_epoch = self.steps_per_epoch()
         step_s = self._estimated_step_seconds(report)
         self.budget.observe_step(step_s)
-        estimate_time(report, step_s=step_s, steps_per_epoch=steps_per_epoch, epochs=s.epochs,
-                      done_steps=self.epoch * steps_per_epoch + self.position // self.batches_per_step(),
-                      budget_s=self.request.time_budget_s, elapsed_s=self.budget.elapsed())
+        estimate_time(
+            report,
+            step_s=step_s,
+            steps_per_epoch=steps_per_epoch,
+            epochs=s.epochs,
+            done_steps=self.epoch * steps_per_epoch + self.position // self.batches_per_step(),
+            budget_s=self.request.time_budget_s,
+            elapsed_s=self.budget.elapsed(),
+        )
         if self.is_main:
             print(report.render(), file=sys.stderr, flush=True)
 
@@ -214,8 +237,14 @@ class Trainer:
         s = self.settings
         try:
             self.data = PretrainData(
-            manifest, self.preset, seed=s.seed, ct_fraction=s.ct_fraction, steps_per_epoch=self.preset.steps_per_epoch,
-            val_fraction=s.val_fraction, num_workers=s.num_workers, cache_dir=self.request.cache_dir,
+                manifest,
+                self.preset,
+                seed=s.seed,
+                ct_fraction=s.ct_fraction,
+                steps_per_epoch=self.preset.steps_per_epoch,
+                val_fraction=s.val_fraction,
+                num_workers=s.num_workers,
+                cache_dir=self.request.cache_dir,
             )
         except (ValueError, FileNotFoundError) as exc:
             raise PreflightError(f"data: {exc}") from exc
@@ -251,7 +280,8 @@ class Trainer:
             (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=p.lr, betas=(s.beta1, s.beta2),
+            lr=p.lr,
+            betas=(s.beta1, s.beta2),
         )
         total = s.epochs * self.steps_per_epoch()
         self.scheduler = WarmupCosine(self.optimizer, p.lr, p.warmup_steps, total, s.min_lr_ratio)
@@ -368,8 +398,10 @@ class Trainer:
         if not finite:
             what = f"loss {terms['loss']}" if not math.isfinite(terms["loss"]) else f"gradient norm {grad_norm}"
             if not self.settings.skip_nonfinite:
-                raise NonFiniteLoss(f"non-finite {what} at step {self.step + 1} (epoch {self.epoch}); lower lr "
-                                    "or use --set skip_nonfinite=true to skip such steps")
+                raise NonFiniteLoss(
+                    f"non-finite {what} at step {self.step + 1} (epoch {self.epoch}); lower lr "
+                    "or use --set skip_nonfinite=true to skip such steps"
+                )
             log(f"step {self.step + 1}: non-finite {what}, step skipped (skip_nonfinite)")
         else:
             self.in_update = True
@@ -411,7 +443,9 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         if micro <= 1:
-            raise TrainingError(f"CUDA out of memory with a micro-batch of 1 region: use a smaller preset or input_size ({exc})") from exc
+            raise TrainingError(
+                f"CUDA out of memory with a micro-batch of 1 region: use a smaller preset or input_size ({exc})"
+            ) from exc
         if self.dist.enabled:
             raise TrainingError(
                 f"CUDA out of memory under DDP at micro-batch {micro} ({exc}); restart with --resume auto "
@@ -419,8 +453,10 @@ class Trainer:
             ) from exc
         self.micro_splits *= 2
         new_micro = math.ceil(smallest / min(self.micro_splits, smallest))
-        log(f"CUDA out of memory at micro-batch {micro}: retrying the step with micro-batch {new_micro} and "
-            f"{self.micro_splits} accumulation steps per batch (kept for the rest of the run and in checkpoints)")
+        log(
+            f"CUDA out of memory at micro-batch {micro}: retrying the step with micro-batch {new_micro} and "
+            f"{self.micro_splits} accumulation steps per batch (kept for the rest of the run and in checkpoints)"
+        )
 
     # ------------------------------------------------------------------ validation
 
@@ -464,17 +500,34 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch}", unit="step", dynamic_ncols=True,
-                    mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr, leave=False)
+        return tqdm(
+            total=total,
+            initial=initial,
+            desc=f"epoch {self.epoch}",
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
+            file=sys.stderr,
+            leave=False,
+        )
 
     def _after_step(self, terms: dict[str, float], lr: float, seconds: float, bar) -> None:
         regions = self.preset.batch_size * self.batches_per_step()
-        record = {"kind": "train", "step": self.step, "epoch": self.epoch, **{t: terms[t] for t in TERMS},
-                  "grad_norm": terms["grad_norm"], "lr": lr, "seconds": round(seconds, 4),
-                  "volumes_per_s": round(regions / max(seconds, 1e-9), 3), "micro_splits": self.micro_splits}
+        record = {
+            "kind": "train",
+            "step": self.step,
+            "epoch": self.epoch,
+            **{t: terms[t] for t in TERMS},
+            "grad_norm": terms["grad_norm"],
+            "lr": lr,
+            "seconds": round(seconds, 4),
+            "volumes_per_s": round(regions / max(seconds, 1e-9), 3),
+            "micro_splits": self.micro_splits,
+        }
         self.metrics.write(record)
         if math.isfinite(terms["loss"]):
             self.session_losses.append(terms["loss"])
+            self.epoch_losses.append(terms["loss"])
         self.session_step_s.append(seconds)
         if bar is not None:
             post = {"loss": f"{terms['loss']:.4f}", "lr": f"{lr:.2e}", "vol/s": f"{record['volumes_per_s']:.1f}"}
@@ -486,19 +539,31 @@ class Trainer:
     def _end_epoch(self) -> None:
         val = self.validate()
         names = [ckpt.EPOCH_PATTERN.format(self.epoch), ckpt.LAST]
-        if val is not None:
+        train_part = ""
+        if self.epoch_losses:
+            train_part = f"train loss {sum(self.epoch_losses) / len(self.epoch_losses):.4f} (mean of {len(self.epoch_losses)} steps), "
+        self.epoch_losses = []
+        if val is None:
+            val_part = "no validation volumes (val_fraction holds none out): best_model.pt is not written"
+        else:
             self.metrics.write({"kind": "val", "step": self.step, "epoch": self.epoch, **val})
-            if self.is_main:
-                log(f"epoch {self.epoch}: validation loss {val['loss']:.4f} (best {min(self.best_val, val['loss']):.4f})")
+            self.session_val.append(val["loss"])
+            val_part = f"validation loss {val['loss']:.4f} (best {min(self.best_val, val['loss']):.4f})"
             if val["loss"] < self.best_val:
                 self.best_val = val["loss"]
                 names.append(ckpt.BEST)
+        if self.is_main:
+            log(f"epoch {self.epoch}: {train_part}{val_part}")
         self.epoch += 1
         self.position = 0
         self.save(names)
         if self.is_main:
             ckpt.rotate_epoch_checkpoints(self.run_dir, self.settings.keep_last_k)
-            plot_loss_curve(self.run_dir / "metrics.jsonl", self.run_dir / "loss_curve.png", f"{self.preset.name}: {self.run_dir.name}")
+            plot_loss_curve(
+                self.run_dir / "metrics.jsonl",
+                self.run_dir / "loss_curve.png",
+                f"{self.preset.name}: {self.run_dir.name}",
+            )
 
     def _loop(self) -> tuple[ExitCode, str]:
         s = self.settings
@@ -507,8 +572,9 @@ class Trainer:
         while self.epoch < s.epochs:
             done_in_epoch = self.position // self.batches_per_step()
             bar = self._progress_bar(per_epoch, done_in_epoch)
-            batches = self.data.train_batches(self.epoch, start=self.position, rank=self.dist.rank,
-                                              world_size=self.dist.world_size)
+            batches = self.data.train_batches(
+                self.epoch, start=self.position, rank=self.dist.rank, world_size=self.dist.world_size
+            )
             try:
                 for _ in range(done_in_epoch, per_epoch):
                     reason = self._stop_reason()
@@ -542,15 +608,19 @@ class Trainer:
         if reason == STOP_MAX_STEPS:
             return ExitCode.OK, f"reached max_steps={self.settings.max_steps}"
         if reason == STOP_BUDGET:
-            return ExitCode.OK, (f"stopped by the time budget ({self.budget.elapsed():.0f} s of {self.request.time_budget_s:.0f} s, "
-                                 f"reserve {self.budget.reserve():.1f} s); continue with --resume auto")
+            return ExitCode.OK, (
+                f"stopped by the time budget ({self.budget.elapsed():.0f} s of {self.request.time_budget_s:.0f} s, "
+                f"reserve {self.budget.reserve():.1f} s); continue with --resume auto"
+            )
         signum = self.stop_request.signum
         code = self.stop_request.exit_code if signum is not None else ExitCode.SIGTERM
         return code, "stopped by a signal; last.pt saved, continue with --resume auto"
 
     def run(self) -> RunResult:
         self.stop_request.install()
-        self.watchdog = Watchdog(self.settings.watchdog_s, self.run_dir / "hang_stacks.txt", on_hang=self._watchdog_save)
+        self.watchdog = Watchdog(
+            self.settings.watchdog_s, self.run_dir / "hang_stacks.txt", on_hang=self._watchdog_save
+        )
         self.lock = None
         try:
             self._prepare()
@@ -572,7 +642,11 @@ class Trainer:
             finally:
                 self.watchdog.stop()
             if self.is_main:
-                plot_loss_curve(self.run_dir / "metrics.jsonl", self.run_dir / "loss_curve.png", f"{self.preset.name}: {self.run_dir.name}")
+                plot_loss_curve(
+                    self.run_dir / "metrics.jsonl",
+                    self.run_dir / "loss_curve.png",
+                    f"{self.preset.name}: {self.run_dir.name}",
+                )
             return self._result(code, reason)
         finally:
             self.stop_request.uninstall()
@@ -588,9 +662,15 @@ class Trainer:
         median = sorted(self.session_step_s)[len(self.session_step_s) // 2] if self.session_step_s else None
         regions = self.preset.batch_size * self.batches_per_step()
         return RunResult(
-            exit_code=code, reason=reason, step=self.step, epoch=self.epoch,
-            first_loss=sum(losses[:k]) / k if losses else None, last_loss=sum(losses[-k:]) / k if losses else None,
-            median_step_s=median, volumes_per_s=regions / median if median else None,
+            exit_code=code,
+            reason=reason,
+            step=self.step,
+            epoch=self.epoch,
+            first_loss=sum(losses[:k]) / k if losses else None,
+            last_loss=sum(losses[-k:]) / k if losses else None,
+            val_losses=self.session_val,
+            median_step_s=median,
+            volumes_per_s=regions / median if median else None,
             files=[str(self.run_dir / f) for f in files],
         )
 

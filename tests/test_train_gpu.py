@@ -1,0 +1,81 @@
+"""`rsna-phase0 train` on CUDA: AMP (bf16, fp16 + GradScaler), the GPU guard, resume, and 2-GPU DDP (nccl)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rsna_phase0.training.checkpoint import load_checkpoint
+from rsna_phase0.training.metrics import read_metrics
+
+pytestmark = pytest.mark.gpu
+
+
+def train_args(train_data, out: Path, *args: str) -> list[str]:
+    mri, ct = train_data
+    return [
+        "--preset",
+        "smoke",
+        "--mri-dir",
+        str(mri),
+        "--ct-dir",
+        str(ct),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cuda",
+        "--allow-env-mismatch",
+        "--set",
+        "steps_per_epoch=6",
+        "--set",
+        "warmup_steps=2",
+        *args,
+    ]
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+
+
+@pytest.mark.parametrize(("amp", "expected"), [("auto", None), ("fp16", "fp16 + GradScaler")])
+def test_cuda_run_with_amp_resumes(train_data, tmp_path, amp, expected):
+    out = tmp_path / "run"
+    cli = [sys.executable, "-m", "rsna_phase0.training"]
+    done = run(cli + train_args(train_data, out, "--max-steps", "4", "--set", f"amp={amp}"))
+    assert done.returncode == 0, done.stderr[-4000:]
+    major, _ = torch.cuda.get_device_capability()
+    assert f"AMP {expected or ('bf16' if major >= 8 else 'fp16 + GradScaler')}" in done.stderr
+    assert "peak GPU memory" in done.stderr
+    state = load_checkpoint(out / "last.pt")
+    assert (state["scaler"] is not None) == (amp == "fp16" or major < 8)
+    done = run(cli + train_args(train_data, out, "--max-steps", "8", "--set", f"amp={amp}", "--resume", "auto"))
+    assert done.returncode == 0, done.stderr[-4000:]
+    records = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert all(r["loss"] is not None for r in records)
+
+
+def test_two_gpu_ddp_with_sync_batchnorm(train_data, tmp_path):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    out = tmp_path / "ddp"
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "rsna_phase0.training",
+    ]
+    done = run(torchrun + train_args(train_data, out, "--max-steps", "6"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "world size 2" in done.stderr and "synchronised batch norm" in done.stderr
+    state = load_checkpoint(out / "last.pt")
+    assert state["world_size"] == 2 and state["step"] == 6
