@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+SPARSE_CONV_MODES = ("default", "copy_gemm", "direct_gemm")
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -42,6 +44,16 @@ class Preset:
     attention_grid: int = 8
     mlp_ratio: float = 4.0
     decoder_dim: int = 128  # decoder width at the coarsest scale, halving per upsampling (floor 8)
+    # sparse-stage speed (benchmarks/throughput.py measures each; none changes what a visible voxel contributes):
+    # voxels whose every channel is <= background_threshold (normalised intensity: MRI background and CT air are
+    # exactly 0) are inactive in the sparse stages like hidden ones; None computes them
+    background_threshold: float | None = 0.0
+    # the k2 s2 steps (modality stem, stage downsampling) as one dense conv read at the active output cells: exact,
+    # and no MinkowskiEngine coordinate map at the finer scale (the stem's would hold every active input voxel)
+    dense_strided_steps: bool = True
+    sparse_conv_mode: str = (
+        "default"  # MinkowskiEngine ConvolutionMode of the k3 convs: default, copy_gemm, direct_gemm
+    )
     # training defaults (overridable from the command line or a config file)
     batch_size: int = 2
     lr: float = 1.5e-4
@@ -102,6 +114,10 @@ class Preset:
                 raise ValueError(
                     f"preset {self.name}: WaveFormer width {dim} is not a multiple of head_dim {self.head_dim}"
                 )
+        if self.sparse_conv_mode not in SPARSE_CONV_MODES:
+            raise ValueError(
+                f"preset {self.name}: sparse_conv_mode {self.sparse_conv_mode!r} is not one of {SPARSE_CONV_MODES}"
+            )
         for ratio in (self.global_mask_ratio, self.local_mask_ratio):
             if not 0.0 < ratio < 1.0:
                 raise ValueError(f"preset {self.name}: mask ratio {ratio} must be in (0, 1)")

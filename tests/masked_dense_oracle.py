@@ -1,7 +1,10 @@
 """The masked-dense oracle of the sparse encoder (tests and benchmarks only: never a product fallback).
 
-It computes what SparK's official code computes: every conv runs densely on the whole volume with hidden voxels
-zeroed, its output multiplied by the visible mask, BatchNorm statistics taken over visible voxels only. Weights
+It computes what SparK's official code computes: every conv runs densely on the whole volume with inactive voxels
+zeroed, its output multiplied by the active mask, BatchNorm statistics taken over active voxels only. Active: visible
+and, when the preset sets `background_threshold`, some channel above it; a coarser cell is active when any of its
+2^3 children is (what a k2 s2 sparse conv produces). Written from those rules alone, independent of how the sparse
+encoder computes its active sets. Weights
 come from a sparse encoder through the export's conversion, so sparse == oracle checks the MinkowskiEngine
 stages, their kernel layout and the export together. Running BatchNorm statistics are not updated here.
 """
@@ -56,15 +59,22 @@ class MaskedDenseEncoder(nn.Module):
         n = len(self.preset.stage_dims)
         masks = [mask_at_stride(mask, patch, 2 ** (i + 1)) for i in range(n)]
         visible = [visible_weight(m).to(x.dtype) for m in masks]
-        h = masked_conv_bn(
-            self.dense.stems[modality], x * visible_weight(mask_at_stride(mask, patch, 1)).to(x.dtype), visible[0]
-        )
+        active_input = visible_weight(mask_at_stride(mask, patch, 1)).to(x.dtype)
+        threshold = self.preset.background_threshold
+        if threshold is not None:
+            active_input = active_input * (x > threshold).any(dim=1, keepdim=True).to(x.dtype)
+        # active cells per sparse stage: max-pooling the active input (any child active)
+        active, level = [], active_input
+        for _ in range(self.preset.sparse_stages):
+            level = F.max_pool3d(level, 2)
+            active.append(level)
+        h = masked_conv_bn(self.dense.stems[modality], torch.where(active_input > 0, x, 0.0), active[0])
         maps = []
         for i, stage in enumerate(self.dense.conv_stages):
             if stage.down is not None:
-                h = masked_conv_bn(stage.down, h, visible[i])
+                h = masked_conv_bn(stage.down, h, active[i])
             for block in stage.blocks:
-                h = h + F.gelu(masked_conv_bn(block.conv_bn, h, visible[i]))
+                h = h + F.gelu(masked_conv_bn(block.conv_bn, h, active[i]))
             maps.append(h)
         for stage, vis in zip(self.dense.wave_stages, visible[len(maps) :], strict=True):
             h = stage(h, vis)

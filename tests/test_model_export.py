@@ -33,7 +33,8 @@ def test_exported_encoder_equals_sparse_encoder_on_fully_visible_input(tmp_path)
     dense = export_dense_encoder(model)
     assert not dense.training
     for modality, channels in (("mri", 1), ("ct", 3)):
-        x = torch.randn(2, channels, 32, 32, 32)
+        # every voxel visible and above the background threshold, so the sparse stages compute every voxel too
+        x = torch.rand(2, channels, 32, 32, 32) + 0.05
         all_visible = torch.zeros(2, preset.grid, preset.grid, preset.grid, dtype=torch.bool)
         with torch.no_grad():
             sparse_maps = model.encoder(x, all_visible, modality).maps

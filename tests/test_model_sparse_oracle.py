@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from masked_dense_oracle import MaskedDenseEncoder
 from model_helpers import patch_masks, tiny_preset
@@ -14,13 +15,27 @@ def _weighted_sum(maps, weights):
     return sum((m * w).sum() for m, w in zip(maps, weights, strict=True))
 
 
-def test_sparse_encoder_equals_masked_dense_oracle_forward_and_gradients():
+def _head_with_air(batch: int) -> torch.Tensor:
+    """CT-like input: noise (about half its voxels <= 0) with an all-air slab, so whole cells are background."""
+    x = torch.randn(batch, 3, 32, 32, 32, dtype=torch.float64)
+    x[:, :, :10] = 0.0
+    return x
+
+
+@pytest.mark.parametrize(
+    "background_threshold, dense_strided_steps",
+    [(0.0, True), (0.0, False), (None, True), (None, False)],
+    ids=["background-dense-strided", "background-minkowski-strided", "all-visible-dense-strided", "all-visible-me"],
+)
+def test_sparse_encoder_equals_masked_dense_oracle_forward_and_gradients(background_threshold, dense_strided_steps):
     torch.manual_seed(0)
-    preset = tiny_preset(stage_depths=(2, 1, 1))
+    preset = tiny_preset(
+        stage_depths=(2, 1, 1), background_threshold=background_threshold, dense_strided_steps=dense_strided_steps
+    )
     sparse = SparseWaveEncoder(preset).double().train()
     oracle = MaskedDenseEncoder.from_sparse(sparse)
     mask = patch_masks(3, preset.grid, 0.6, seed=1)
-    x_sparse = torch.randn(3, 3, 32, 32, 32, dtype=torch.float64, requires_grad=True)
+    x_sparse = _head_with_air(3).requires_grad_(True)
     x_dense = x_sparse.detach().clone().requires_grad_(True)
 
     out_sparse = sparse(x_sparse, mask, "ct")
@@ -31,6 +46,14 @@ def test_sparse_encoder_equals_masked_dense_oracle_forward_and_gradients():
         assert a.abs().max() > 0.1, f"stage {i} is trivially zero"
         hidden = out_sparse.masks[i].unsqueeze(1).expand_as(a)
         assert torch.all(a[hidden] == 0), f"stage {i} has non-zero features at hidden positions"
+
+    # visible all-air cells: inactive (zero) with a background threshold, computed (BatchNorm shifts them) without
+    air_visible = ~out_sparse.masks[0][:, :5]
+    air_features = out_sparse.maps[0][:, :, :5].abs().amax(dim=1)[air_visible]
+    if background_threshold is None:
+        assert (air_features > 0).all()
+    else:
+        assert (air_features == 0).all()
 
     weights = [torch.randn_like(m) for m in out_sparse.maps]
     _weighted_sum(out_sparse.maps, weights).backward()

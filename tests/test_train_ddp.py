@@ -71,7 +71,10 @@ def test_two_process_ddp_equals_one_process_accumulating_and_resumes_at_world_si
         ]
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert losses(ddp_run) == pytest.approx(losses(single_run), rel=1e-4)
+    ddp, single = losses(ddp_run), losses(single_run)
+    assert ddp[0] == pytest.approx(single[0], rel=1e-6)  # same batches, same weights: only the sum order differs
+    # after an update Adam turns noise-level gradients (summed in another order) into +-lr steps: close, not equal
+    assert ddp[1:] == pytest.approx(single[1:], rel=1e-2)
 
     # the DDP checkpoint resumes in one process: the plan position carries on (1 batch per step now)
     done = run(

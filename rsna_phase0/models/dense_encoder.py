@@ -1,7 +1,8 @@
 """The encoder as plain PyTorch (dense Conv3d + BatchNorm3d + the same WaveFormer stages), for fine-tuning.
 
 Module names mirror the sparse encoder (models/encoder.py, models/sparse_stages.py) so models/export.py maps
-weights one to one. With every voxel visible it computes what the sparse encoder computes. No MinkowskiEngine.
+weights one to one. With every voxel visible and none background (the preset's `background_threshold`), it
+computes what the sparse encoder computes. No MinkowskiEngine.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The Phase-0 encoder: modality stems + sparse MinkowskiEngine stages + dense WaveFormer stages.
 
 Stage i halves the resolution (stage 0's k2 s2 step is the modality stem), so stage i's map has stride 2^(i+1) and
-the last one stride `patch_size`, the mask patch. The contract follows SparK's: `get_downsample_ratio()`,
+the last one stride `patch_size`, the mask patch. The sparse stages compute active voxels only: visible ones, minus
+background when the preset sets `background_threshold` (models/sparse_stages.py). The contract follows SparK's: `get_downsample_ratio()`,
 `get_feature_map_channels()`, `forward(x, mask, modality, hierarchical=True)`.
 """
 
@@ -14,7 +15,14 @@ from torch import nn
 
 from rsna_phase0.batch import MODALITY_CHANNELS
 from rsna_phase0.models.masks import mask_at_stride, visible_weight
-from rsna_phase0.models.sparse_stages import SparseConvBN, SparseStage, sparse_to_dense, visible_voxels_to_sparse
+from rsna_phase0.models.sparse_stages import (
+    SparseConvBN,
+    SparseStage,
+    active_voxels,
+    coarser_active,
+    sparse_to_dense,
+    visible_voxels_to_sparse,
+)
 from rsna_phase0.models.waveformer import WaveFormerStage
 from rsna_phase0.presets import Preset
 
@@ -43,7 +51,8 @@ class SparseWaveEncoder(nn.Module):
             }
         )
         self.conv_stages = nn.ModuleList(
-            SparseStage(dims[i - 1] if i else None, dims[i], depths[i]) for i in range(n_sparse)
+            SparseStage(dims[i - 1] if i else None, dims[i], depths[i], preset.sparse_conv_mode)
+            for i in range(n_sparse)
         )
         self.wave_stages = nn.ModuleList(
             WaveFormerStage(dims[i - 1], dims[i], depths[i], preset.head_dim, preset.attention_grid, preset.mlp_ratio)
@@ -66,19 +75,49 @@ class SparseWaveEncoder(nn.Module):
                 f"mask {tuple(mask.shape)} {mask.dtype} does not fit input {tuple(x.shape)} with patch {patch}"
             )
         masks = [mask_at_stride(mask, patch, 2 ** (i + 1)) for i in range(len(self.preset.stage_dims))]
-        maps = []
-        # MinkowskiEngine has no low-precision kernels worth using: the sparse stages run in float32
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            stem = self.stems[modality]
-            sparse = visible_voxels_to_sparse(x, ~mask_at_stride(mask, patch, 1), dtype=stem.conv.kernel.dtype)
-            sparse = stem(sparse)
-            for i, stage in enumerate(self.conv_stages):
-                sparse = stage(sparse)
-                maps.append(sparse_to_dense(sparse, batch, size // 2 ** (i + 1)))
-        h = maps[-1]
-        for stage, stage_mask in zip(self.wave_stages, masks[len(maps) :], strict=True):
-            h = stage(h, visible_weight(stage_mask))
-            maps.append(h)
+        maps = self.sparse_maps(x, mask, modality)
+        maps += self.wave_maps(maps[-1], masks[len(maps) :])
         if not hierarchical:
             return maps[-1], masks[-1]
         return EncoderFeatures(maps, masks)
+
+    def sparse_maps(self, x: torch.Tensor, mask: torch.Tensor, modality: str) -> list[torch.Tensor]:
+        """Dense (B, C_i, ...) maps of the sparse stages, zero at inactive cells (float32 under any autocast)."""
+        active = active_voxels(
+            x, ~mask_at_stride(mask, self.get_downsample_ratio(), 1), self.preset.background_threshold
+        )
+        # MinkowskiEngine has no low-precision kernels worth using: the sparse stages run in float32
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._sparse_stages(x, active, modality)
+
+    def wave_maps(self, h: torch.Tensor, masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The WaveFormer stages' maps from the last sparse map `h`; `masks` are their hidden masks."""
+        maps = []
+        for stage, stage_mask in zip(self.wave_stages, masks, strict=True):
+            h = stage(h, visible_weight(stage_mask))
+            maps.append(h)
+        return maps
+
+    def _sparse_stages(self, x: torch.Tensor, active: torch.Tensor, modality: str) -> list[torch.Tensor]:
+        batch, size = x.shape[0], x.shape[-1]
+        stem = self.stems[modality]
+        dtype = stem.conv.kernel.dtype
+        if self.preset.dense_strided_steps:
+            # where(), not a product: a hidden voxel holding inf or NaN must not reach the sums either
+            visible_input = torch.where(active.unsqueeze(1), x.to(dtype), 0.0)
+            active = coarser_active(active)
+            sparse = stem.strided_from_dense(visible_input, active, 2)
+        else:
+            sparse = stem(visible_voxels_to_sparse(x, active, dtype=dtype))
+        maps = []
+        for i, stage in enumerate(self.conv_stages):
+            stride = 2 ** (i + 1)
+            if stage.down is not None:
+                if self.preset.dense_strided_steps:
+                    active = coarser_active(active)
+                    sparse = stage.down.strided_from_dense(maps[-1], active, stride, sparse.coordinate_manager)
+                else:
+                    sparse = stage.down(sparse)
+            sparse = stage.run_blocks(sparse)
+            maps.append(sparse_to_dense(sparse, batch, size // stride))
+        return maps

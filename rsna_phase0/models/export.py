@@ -1,8 +1,6 @@
 """Export the encoder for fine-tuning: sparse (MinkowskiEngine) weights -> a plain PyTorch DenseEncoder.
 
-MinkowskiEngine stores a convolution kernel as (K^3, C_in, C_out) with the kernel offset index running fastest
-along the first spatial axis: index = o0 + k*o1 + k^2*o2 (measured against Conv3d; tests/test_model_export.py
-checks it), so Conv3d's (C_out, C_in, k0, k1, k2) weight is kernel.view(k, k, k, C_in, C_out).permute(4, 3, 2, 1, 0).
+Kernels map to Conv3d weights by models/kernel_layout.py (MinkowskiEngine's offset order, measured and tested).
 MinkowskiBatchNorm wraps BatchNorm1d as `.bn`; BatchNorm3d takes the same tensors. Nothing here imports
 MinkowskiEngine: it works on state dicts.
 """
@@ -19,18 +17,11 @@ import torch
 from torch import nn
 
 from rsna_phase0.models.dense_encoder import DenseEncoder
+from rsna_phase0.models.kernel_layout import minkowski_kernel_to_conv3d
 from rsna_phase0.presets import Preset
 
 EXPORT_FORMAT = "rsna_phase0.dense_encoder"
 EXPORT_VERSION = 1
-
-
-def minkowski_kernel_to_conv3d(kernel: torch.Tensor) -> torch.Tensor:
-    volume, c_in, c_out = kernel.shape
-    k = round(volume ** (1 / 3))
-    if k**3 != volume:
-        raise ValueError(f"kernel with {volume} offsets is not a cube")
-    return kernel.reshape(k, k, k, c_in, c_out).permute(4, 3, 2, 1, 0).contiguous()
 
 
 def dense_state_from_sparse(encoder_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -62,8 +62,11 @@ class Pretrainer(nn.Module):
         return self.decoder(features.maps, features.masks, batch.modality)
 
     def forward(self, batch: MiMBatch) -> dict[str, torch.Tensor]:
+        return self.losses(batch, self._run(batch))
+
+    def losses(self, batch: MiMBatch, decoded) -> dict[str, torch.Tensor]:
+        """The loss terms from the decoder's output on this batch (split out so benchmarks can time the parts)."""
         p = self.preset
-        decoded = self._run(batch)
         b = batch.batch_size
         prediction = decoded.prediction
         recon_global = masked_patch_mse(prediction[:b], batch.global_image, batch.global_mask, p.patch_size)

@@ -1,9 +1,15 @@
-"""The high-resolution encoder stages on MinkowskiEngine: convolutions over the voxels of visible patches only.
+"""The high-resolution encoder stages on MinkowskiEngine: convolutions over active voxels only.
 
-Coordinates are the visible voxels; hidden voxels are never gathered, so their content cannot reach any output.
-Submanifold k3 convolutions keep the active set; k2 s2 convolutions go down a scale (a patch-aligned mask is
-still exact there: each output cell reads the 2^3 cells of one patch). BatchNorm statistics are over active voxels.
-Every layer of a batch shares the input's coordinate manager, so kernel maps at each stride are built once.
+Active voxels are those of visible patches, minus background (every channel <= the preset's
+`background_threshold`, when set). Inactive voxels are never gathered, so hidden content cannot reach any output.
+Submanifold k3 convolutions keep the active set; k2 s2 convolutions go down a scale, where a cell is active when
+any of its 2^3 children is (a patch-aligned mask stays exact: each output cell reads cells of one patch only).
+BatchNorm statistics are over active voxels. Every layer at a stride shares one coordinate manager, so the kernel
+map of each stride is built once per batch and reused forward and backward.
+
+A k2 s2 step can run as one dense Conv3d on a map that is zero wherever no voxel is active, read at the active
+output cells (`SparseConvBN.strided_from_dense`): the same sums as MinkowskiEngine's, on the layer's own kernel,
+without the finer scale's coordinate map (for the stem that map would hold every active input voxel).
 
 Module and parameter names mirror models/dense_encoder.py, whose Conv3d layers the export fills from these.
 """
@@ -11,29 +17,59 @@ Module and parameter names mirror models/dense_encoder.py, whose Conv3d layers t
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from rsna_phase0.models.kernel_layout import minkowski_kernel_to_conv3d
 from rsna_phase0.models.minkowski import import_minkowski
 
 ME = import_minkowski()
+# the backend enum that MinkowskiEngine does not re-export: the type of MinkowskiConvolution's default mode
+_ConvolutionMode = type(ME.MinkowskiConvolution.__init__.__defaults__[-2])
+
+
+def convolution_mode(name: str):
+    """'default', 'copy_gemm' or 'direct_gemm' -> MinkowskiEngine's ConvolutionMode (how a conv runs its GEMMs:
+    its own gather-GEMM kernel, or gather + cuBLAS + scatter per kernel offset; 'default' picks by size)."""
+    try:
+        return _ConvolutionMode.__members__[name.upper()]
+    except KeyError:
+        raise ValueError(f"unknown sparse_conv_mode {name!r}; use default, copy_gemm or direct_gemm") from None
 
 
 class SparseConvBN(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, stride: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, stride: int, conv_mode: str = "default") -> None:
         super().__init__()
-        self.conv = ME.MinkowskiConvolution(in_dim, out_dim, kernel_size=kernel_size, stride=stride, dimension=3)
+        self.conv = ME.MinkowskiConvolution(
+            in_dim,
+            out_dim,
+            kernel_size=kernel_size,
+            stride=stride,
+            dimension=3,
+            convolution_mode=convolution_mode(conv_mode),
+        )
         self.norm = ME.MinkowskiBatchNorm(out_dim)
 
     def forward(self, x):
         return self.norm(self.conv(x))
 
+    def strided_from_dense(self, dense: torch.Tensor, active_out: torch.Tensor, out_stride: int, manager=None):
+        """This k2 s2 layer on `dense` (B, C, r, r, r), zero wherever no input voxel is active, as one dense conv
+        read at the cells of `active_out` (B, r/2, r/2, r/2) -> SparseTensor at tensor stride `out_stride`."""
+        generator = self.conv.kernel_generator
+        if tuple(generator.kernel_size) != (2, 2, 2) or tuple(generator.kernel_stride) != (2, 2, 2):
+            raise ValueError("strided_from_dense is for the k2 s2 layers only")
+        weight = minkowski_kernel_to_conv3d(self.conv.kernel)
+        out = F.conv3d(dense.to(weight.dtype), weight, stride=2)
+        return self.norm(dense_to_sparse(out, active_out, out_stride, manager))
+
 
 class SparseResidualBlock(nn.Module):
     """x + GELU(BN(submanifold k3 conv(x))): one conv per block keeps the costly sparse stages shallow."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, conv_mode: str = "default") -> None:
         super().__init__()
-        self.conv_bn = SparseConvBN(dim, dim, kernel_size=3, stride=1)
+        self.conv_bn = SparseConvBN(dim, dim, kernel_size=3, stride=1, conv_mode=conv_mode)
         self.act = ME.MinkowskiGELU()
 
     def forward(self, x):
@@ -43,26 +79,55 @@ class SparseResidualBlock(nn.Module):
 class SparseStage(nn.Module):
     """k2 s2 down (the modality stem for stage 0, which lives in the encoder) then residual blocks."""
 
-    def __init__(self, in_dim: int | None, dim: int, depth: int) -> None:
+    def __init__(self, in_dim: int | None, dim: int, depth: int, conv_mode: str = "default") -> None:
         super().__init__()
         self.down = SparseConvBN(in_dim, dim, kernel_size=2, stride=2) if in_dim is not None else None
-        self.blocks = nn.ModuleList(SparseResidualBlock(dim) for _ in range(depth))
+        self.blocks = nn.ModuleList(SparseResidualBlock(dim, conv_mode) for _ in range(depth))
 
     def forward(self, x):
         if self.down is not None:
             x = self.down(x)
+        return self.run_blocks(x)
+
+    def run_blocks(self, x):
         for block in self.blocks:
             x = block(x)
         return x
 
 
-def visible_voxels_to_sparse(image: torch.Tensor, visible_voxels: torch.Tensor, dtype: torch.dtype = torch.float32):
-    """(B, C, S, S, S) image and (B, S, S, S) bool -> SparseTensor of the visible voxels only, in `dtype`
+def active_voxels(image: torch.Tensor, visible_voxels: torch.Tensor, background_threshold: float | None):
+    """(B, S, S, S) bool: visible and, with a threshold, not background (some channel above it). Hidden voxels are
+    inactive whatever they hold: the intensity test is only ever combined with visibility."""
+    if background_threshold is None:
+        return visible_voxels
+    return visible_voxels & (image > background_threshold).any(dim=1)
+
+
+def coarser_active(active: torch.Tensor) -> torch.Tensor:
+    """(B, r, r, r) -> (B, r/2, r/2, r/2): a cell is active when any of its 2^3 children is (as a k2 s2 conv)."""
+    b, r = active.shape[0], active.shape[-1] // 2
+    return active.reshape(b, r, 2, r, 2, r, 2).any(dim=6).any(dim=4).any(dim=2)
+
+
+def dense_to_sparse(dense: torch.Tensor, active: torch.Tensor, tensor_stride: int, manager=None):
+    """(B, C, r, r, r) map at `tensor_stride` and (B, r, r, r) bool -> SparseTensor of the active cells."""
+    index = torch.nonzero(active)
+    feats = dense.movedim(1, -1)[index[:, 0], index[:, 1], index[:, 2], index[:, 3]]
+    coords = index.to(torch.int32)
+    coords[:, 1:] *= tensor_stride
+    return ME.SparseTensor(
+        feats.contiguous(),
+        coordinates=coords.contiguous(),
+        tensor_stride=tensor_stride,
+        coordinate_manager=manager,
+        device=dense.device,
+    )
+
+
+def visible_voxels_to_sparse(image: torch.Tensor, active: torch.Tensor, dtype: torch.dtype = torch.float32):
+    """(B, C, S, S, S) image and (B, S, S, S) bool -> SparseTensor of the active voxels only, in `dtype`
     (float32 in training: MinkowskiEngine kernels gain nothing from half precision)."""
-    coords = torch.nonzero(visible_voxels).to(torch.int32).contiguous()
-    index = coords.long()
-    feats = image.to(dtype).movedim(1, -1)[index[:, 0], index[:, 1], index[:, 2], index[:, 3]]
-    return ME.SparseTensor(feats.contiguous(), coordinates=coords, device=image.device)
+    return dense_to_sparse(image.to(dtype), active, tensor_stride=1)
 
 
 def sparse_to_dense(x, batch_size: int, size: int) -> torch.Tensor:
