@@ -60,7 +60,7 @@ def bench_step(
     model = Pretrainer(preset).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
-    batch = synthetic_batch(preset, batch_size, modality=modality, content="noise").to(device)
+    batch = synthetic_batch(preset, batch_size, modality=modality).to(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

@@ -42,10 +42,10 @@ def median_ms(fn, device: torch.device, warmup: int, steps: int) -> float:
 
 def matmul_peak(device: torch.device) -> tuple[float, str]:
     """Measured dense matmul FLOP/s of this device: bf16 on a GPU (tensor cores), float32 on a CPU."""
-    n, dtype, iters = (8192, torch.bfloat16, 20) if device.type == "cuda" else (1024, torch.float32, 5)
+    n, dtype, iters = (8192, torch.bfloat16, 20) if device.type == "cuda" else (2048, torch.float32, 3)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    ms = median_ms(lambda: torch.mm(a, b), device, warmup=3, steps=iters)
+    ms = median_ms(lambda: torch.mm(a, b), device, warmup=2, steps=iters)
     return 2 * n**3 / (ms / 1000), f"{'bf16' if dtype == torch.bfloat16 else 'fp32'} matmul {n}^3"
 
 

@@ -9,17 +9,29 @@ from model_helpers import patch_masks, tiny_preset
 pytestmark = pytest.mark.gpu
 
 
-def test_cuda_sparse_encoder_equals_masked_dense_oracle():
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # the defaults: background inactive, dense k2 s2 steps, MinkowskiEngine's default conv mode
+        {"dense_strided_steps": False, "background_threshold": None},
+        {"sparse_conv_mode": "copy_gemm"},
+        {"sparse_conv_mode": "direct_gemm"},
+    ],
+    ids=["defaults", "minkowski-strided-no-background", "copy-gemm", "direct-gemm"],
+)
+def test_cuda_sparse_encoder_equals_masked_dense_oracle(overrides):
     from masked_dense_oracle import MaskedDenseEncoder
 
     from rsna_phase0.models.encoder import SparseWaveEncoder
 
     torch.manual_seed(0)
-    preset = tiny_preset()
+    preset = tiny_preset(**overrides)
     encoder = SparseWaveEncoder(preset).cuda().train()
     oracle = MaskedDenseEncoder.from_sparse(encoder)
     mask = patch_masks(3, preset.grid, 0.6, seed=2).cuda()
-    x = torch.randn(3, 3, 32, 32, 32, device="cuda", requires_grad=True)
+    x = torch.randn(3, 3, 32, 32, 32, device="cuda")
+    x[:, :, :10] = 0.0  # an all-air slab: whole cells are background when the preset says so
+    x.requires_grad_(True)
     x_ref = x.detach().clone().requires_grad_(True)
     with torch.backends.cudnn.flags(enabled=True, deterministic=True, allow_tf32=False):
         torch.backends.cuda.matmul.allow_tf32 = False

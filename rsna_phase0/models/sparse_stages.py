@@ -24,15 +24,14 @@ from rsna_phase0.models.kernel_layout import minkowski_kernel_to_conv3d
 from rsna_phase0.models.minkowski import import_minkowski
 
 ME = import_minkowski()
-# the backend enum that MinkowskiEngine does not re-export: the type of MinkowskiConvolution's default mode
-_ConvolutionMode = type(ME.MinkowskiConvolution.__init__.__defaults__[-2])
+from MinkowskiEngineBackend._C import ConvolutionMode  # noqa: E402  (the compiled part; ME does not re-export it)
 
 
 def convolution_mode(name: str):
     """'default', 'copy_gemm' or 'direct_gemm' -> MinkowskiEngine's ConvolutionMode (how a conv runs its GEMMs:
     its own gather-GEMM kernel, or gather + cuBLAS + scatter per kernel offset; 'default' picks by size)."""
     try:
-        return _ConvolutionMode.__members__[name.upper()]
+        return ConvolutionMode.__members__[name.upper()]
     except KeyError:
         raise ValueError(f"unknown sparse_conv_mode {name!r}; use default, copy_gemm or direct_gemm") from None
 

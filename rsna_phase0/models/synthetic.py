@@ -13,8 +13,9 @@ from rsna_phase0.presets import Preset
 
 
 def blob_volume(size: int, channels: int, rng: np.random.Generator, n_blobs: int = 6) -> np.ndarray:
-    """(channels, size, size, size) float32: a sum of soft ellipsoids with random centres, radii and intensities,
-    plus a gentle gradient; channels are different monotone maps of it (like CT windows)."""
+    """(channels, size, size, size) float32 in [0, 1): a sum of soft ellipsoids with random centres, radii and
+    intensities, plus a gentle gradient, clipped at 0 (air, as normalised volumes have); channels are different
+    monotone maps of it (like CT windows)."""
     axis = np.linspace(-1.0, 1.0, size, dtype=np.float32)
     z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
     volume = 0.2 * (rng.uniform(-1, 1) * z + rng.uniform(-1, 1) * y)
@@ -23,6 +24,8 @@ def blob_volume(size: int, channels: int, rng: np.random.Generator, n_blobs: int
         radii = rng.uniform(0.15, 0.5, size=3)
         dist = ((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((x - centre[2]) / radii[2]) ** 2
         volume = volume + rng.uniform(0.5, 1.5) / (1.0 + np.exp(np.minimum(6.0 * (dist - 1.0), 50.0)))
+    # normalised like the loaders' output: intensities in [0, 1) with background (air) at exactly 0
+    volume = np.clip(volume, 0.0, None)
     out = [np.tanh(volume * (1.0 + 0.5 * c)) for c in range(channels)]
     return np.stack(out).astype(np.float32)
 
