@@ -31,7 +31,7 @@ setup: $(VENV)/.ready ## create .venv with the pinned packages, rsna_phase0 and 
 demo: setup ## generate the synthetic data set and pre-train the smoke preset on the CPU
 	$(BIN)/rsna-phase0 data synth $(DEMO)/data --mri 8 --ct 4 --seed 0
 	$(BIN)/rsna-phase0 train --preset smoke --mri-dir $(DEMO)/data/OpenMind_processed \
-		--ct-dir $(DEMO)/data/NIH_deeplesion/CT --out $(DEMO)/run --time-budget 4m --allow-env-mismatch
+		--ct-dir $(DEMO)/data/NIH_deeplesion/CT --out $(DEMO)/run --epochs 25 --time-budget 5m --allow-env-mismatch
 
 test: setup ## run the test suite (GPU tests skip on CPU machines with the reason)
 	$(BIN)/python -m pytest -q

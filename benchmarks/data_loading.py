@@ -1,11 +1,14 @@
 """Crops per second per core: `.nii.gz` against the blosc2 cache (and an uncompressed .npy mmap for reference).
 
-    python benchmarks/data_loading.py [--preset kaggle] [--repeats 3] [--step-seconds 0.6]
+    python benchmarks/data_loading.py [--preset kaggle] [--repeats 3] [--step-seconds 0.6] [--loader-workers 1,3]
 
-Generates, in a temporary folder, a 256x256x180 MRI and a 512x512x60x3 CT (the users' sizes and layouts), then times
-one full training sample (read, normalise, crop the preset's region, augment, cut the MiM views) in one process,
-i.e. per core. `--step-seconds` is the GPU time of one training step you want the loader to keep up with; the
-script prints how many loader workers that needs. Figures go in issue notes, never in tests.
+Generates, in a temporary folder, a 256x256x180 MRI at 1 mm and a 512x512x60x3 CT at 0.8 mm in-plane (the users'
+sizes and layouts), then times one full training sample (read, normalise, crop the preset's region, augment, cut
+the MiM views) in one process, i.e. per core (blosc2 and torch held to one thread). `--step-seconds` is the GPU
+time of one training step you want the loader to keep up with; the script prints how many loader workers that
+needs. `--loader-workers` then runs the real PretrainData loader from the cache (1 MRI + 1 CT volume, the epoch's
+CT share as in training) with each worker count and prints batches/s and the step time it can feed. Figures go in
+issue notes, never in tests.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import blosc2
 import numpy as np
+import torch
 
 from rsna_phase0.data.cache import CachedVolume, build_cache, load_meta
 from rsna_phase0.data.layout import files_in
@@ -60,7 +65,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="samples timed from .nii.gz (the cache gets 10x)")
     parser.add_argument("--step-seconds", type=float, default=0.6, help="GPU seconds per training step to keep up with")
     parser.add_argument("--cores", type=int, default=4, help="cores of the target machine (Kaggle: 4)")
+    parser.add_argument(
+        "--loader-workers", default="", help="comma-separated worker counts for the PretrainData run (e.g. 1,3)"
+    )
+    parser.add_argument("--loader-batches", type=int, default=40, help="batches timed per worker count")
+    parser.add_argument("--ct-fraction", type=float, default=0.25)
     args = parser.parse_args()
+    blosc2.set_nthreads(1)
+    torch.set_num_threads(1)
     preset = get_preset(args.preset)
     print(
         f"preset {preset.name}: region {preset.region_size}^3, batch {preset.batch_size}, {os.cpu_count()} cores here"
@@ -72,16 +84,16 @@ def main() -> None:
         print(f"generated test volumes in {time.perf_counter() - t:.1f} s")
         files = files_in(root / "data", "mri") + files_in(root / "data", "ct")
         t = time.perf_counter()
-        build_cache(files, root / "cache", workers=1, progress=False)
+        build_cache(files, root / "cache", workers=1, progress=False, spacing_mm=preset.target_spacing_mm)
         print(f"built the cache in {time.perf_counter() - t:.1f} s (one process)")
         needed = preset.batch_size / args.step_seconds
         for f in files:
             record = VolumeRecord(
                 path=str(f.path), relpath=f.relpath, modality=f.modality, subtype=f.subtype, status="ok"
             )
-            meta = load_meta(root / "cache", f.modality, f.relpath, f.path, verify="full")
+            meta = load_meta(root / "cache", f.modality, f.relpath, f.path, preset.target_spacing_mm, verify="full")
             cached = CachedVolume.from_meta(root / "cache", meta)
-            in_memory = open_source(record)
+            in_memory = open_source(record, preset.target_spacing_mm)
             mmap = npy_volume(in_memory, root)
             sizes = {
                 ".nii.gz": f.path.stat().st_size,
@@ -93,12 +105,15 @@ def main() -> None:
                 return lambda i: make_sample(source_of(), preset, np.random.default_rng([1, i]), train=True)
 
             rates = {
-                ".nii.gz": rate(sample(lambda r=record: open_source(r)), args.repeats),
+                ".nii.gz": rate(sample(lambda r=record: open_source(r, preset.target_spacing_mm)), args.repeats),
                 ".b2nd": rate(sample(lambda c=cached: c), args.repeats * 10),
                 ".npy mmap": rate(sample(lambda m=mmap: m), args.repeats * 10),
             }
-            shape = "x".join(str(n) for n in (*in_memory.shape, in_memory.array.shape[0]))
-            print(f"\n{f.modality.upper()} {shape}: samples/s per core (sizes on disk)")
+            stored = "x".join(str(n) for n in (*in_memory.shape, in_memory.array.shape[0]))
+            spacing = "x".join(f"{v:g}" for v in meta["source_spacing"])
+            print(
+                f"\n{f.modality.upper()} at {spacing} mm, cached as {stored} at 1 mm: samples/s per core (sizes on disk)"
+            )
             for name, value in rates.items():
                 size = sizes.get(name.split()[0], 0) / 2**20
                 print(f"  {name:<10} {value:7.2f}/s  {size:7.1f} MiB")
@@ -110,6 +125,37 @@ def main() -> None:
                 f"({'fits' if workers < args.cores else 'does NOT fit'} {args.cores} cores minus the main process); "
                 f".nii.gz would need {int(np.ceil(needed / rates['.nii.gz']))}"
             )
+        for workers in [int(w) for w in args.loader_workers.split(",") if w.strip()]:
+            loader_rate(root, files, preset, workers, args)
+
+
+def loader_rate(root: Path, files, preset, workers: int, args) -> None:
+    """Batches/s of PretrainData over the cache with `workers` persistent workers (start-up not timed)."""
+    from rsna_phase0.data.manifest import scan_files
+    from rsna_phase0.data.pipeline import PretrainData
+
+    manifest = scan_files(files, workers=1, progress=False)
+    steps = args.loader_batches + 2 * max(workers, 1) * 4
+    data = PretrainData(
+        manifest,
+        preset,
+        ct_fraction=args.ct_fraction,
+        steps_per_epoch=steps,
+        val_fraction=0.0,
+        num_workers=workers,
+        cache_dir=root / "cache",
+    )
+    batches = data.train_batches(0)
+    for _ in range(steps - args.loader_batches):  # workers started and their prefetch queues full
+        next(batches)
+    start = time.perf_counter()
+    count = sum(1 for _ in batches)
+    seconds = (time.perf_counter() - start) / count
+    print(
+        f"\nPretrainData, cache, {workers} worker(s), ct_fraction {args.ct_fraction}: {1 / seconds:.1f} batches/s "
+        f"of {preset.batch_size} ({1000 * seconds:.1f} ms/batch); feeds a step of >= {seconds / 0.95 * 1000:.0f} ms "
+        "with under 5% wait (on this machine's cores)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The blosc2 crop cache: same crops as the NIfTI path, resumable, and damaged entries are rebuilt, never read."""
+"""The blosc2 crop cache: volumes stored at the target spacing, the same crops as the NIfTI path, resumable, damaged
+entries rebuilt and never read, and an entry never used for a preset with another spacing."""
 
 from __future__ import annotations
 
@@ -37,9 +38,13 @@ def test_cached_crops_equal_nifti_crops(dataset, tmp_path):
     assert (report.built, report.skipped, report.failed) == (5, 0, [])
     manifest = scan_dirs([root], [root], workers=1, progress=False)
     for record in manifest.accepted:
-        meta = load_meta(tmp_path / "cache", record.modality, record.relpath, Path(record.path))
-        cached, direct = CachedVolume.from_meta(tmp_path / "cache", meta), open_source(record)
-        assert cached.shape == direct.shape and cached.spacing == pytest.approx(direct.spacing)
+        meta = load_meta(tmp_path / "cache", record.modality, record.relpath, Path(record.path), 1.0)
+        cached, direct = CachedVolume.from_meta(tmp_path / "cache", meta), open_source(record, 1.0)
+        # stored at the target spacing (synthetic volumes come at 0.8-1.2 mm): no crop needs resampling
+        assert cached.spacing == direct.spacing == (1.0, 1.0, 1.0)
+        assert meta["source_spacing"] == pytest.approx(record.spacing, rel=1e-5)
+        want = [int(n * s + 1e-6) for n, s in zip(record.shape, meta["source_spacing"], strict=True)]
+        assert list(cached.shape) == list(direct.shape) == want
         np.testing.assert_array_equal(cached.foreground, direct.foreground)
         lo, size = np.array([-5, 10, 3]), np.array([40, 50, 30])  # partly outside: padding must agree too
         np.testing.assert_array_equal(read_padded(cached, lo, size), read_padded(direct, lo, size))
@@ -55,7 +60,7 @@ def test_cache_resumes_and_rebuilds_damaged_entries(dataset, tmp_path):
     cache = tmp_path / "cache"
     build_cache(files, cache, workers=1, progress=False)
     mri = [f for f in files if f.modality == "mri"]
-    truncated, flipped, partial, stale = (entry_paths(cache, f.modality, f.relpath) for f in mri + files[3:4])
+    truncated, flipped, partial, stale = (entry_paths(cache, f.modality, f.relpath, 1.0) for f in mri + files[3:4])
     # 1: data file cut short (an interrupted copy); 2: same size, bytes changed; 3: no .json (died before commit)
     truncated[0].write_bytes(truncated[0].read_bytes()[:-100])
     raw = bytearray(flipped[0].read_bytes())
@@ -80,10 +85,33 @@ def test_cache_resumes_and_rebuilds_damaged_entries(dataset, tmp_path):
 def test_pretrain_data_does_not_use_stale_entries(dataset, tmp_path):
     root, files = dataset
     build_cache(files, tmp_path / "cache", workers=1, progress=False)
-    entry_paths(tmp_path / "cache", files[0].modality, files[0].relpath)[1].unlink()
+    entry_paths(tmp_path / "cache", files[0].modality, files[0].relpath, 1.0)[1].unlink()
     manifest = scan_dirs([root], [root], workers=1, progress=False)
     data = PretrainData(manifest, SMOKE, val_fraction=0.0, cache_dir=tmp_path / "cache")
     assert "serves 4 of 5 volumes; 1 read from .nii.gz" in data.describe()
+
+
+def test_an_entry_serves_only_its_own_spacing(dataset, tmp_path):
+    root, files = dataset
+    cache = tmp_path / "cache"
+    build_cache(files, cache, workers=1, progress=False, spacing_mm=1.0)
+    manifest = scan_dirs([root], [root], workers=1, progress=False)
+    coarse = SMOKE.with_overrides(target_spacing_mm=2.0)
+    with pytest.raises(
+        ValueError,
+        match=r"trains at 2mm, but 5 volumes have entries only for another spacing \(5 at 1mm\).*--spacing 2",
+    ):
+        PretrainData(manifest, coarse, val_fraction=0.0, cache_dir=cache)
+    result = CliRunner().invoke(
+        main, ["data", "cache", str(root), "--out", str(cache), "--spacing", "2", "--workers", "1"]
+    )
+    assert result.exit_code == 0 and "5 built, 0 already complete" in result.output, result.output
+    for f in files:  # both spacings live side by side, each sized for its own grid
+        fine = load_meta(cache, f.modality, f.relpath, f.path, 1.0, verify="full")
+        wide = load_meta(cache, f.modality, f.relpath, f.path, 2.0, verify="full")
+        assert fine["spacing"] == [1.0] * 3 and wide["spacing"] == [2.0] * 3
+        assert [n // 2 for n in fine["shape"][1:]] == wide["shape"][1:]  # floor(n s / 2) = floor(floor(n s) / 2)
+    assert "serves 5 of 5 volumes" in PretrainData(manifest, coarse, val_fraction=0.0, cache_dir=cache).describe()
 
 
 def test_bad_volumes_are_reported_not_cached(tmp_path):

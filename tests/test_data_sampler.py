@@ -114,6 +114,32 @@ def test_resume_and_ranks_reproduce_the_plan_exactly(synth_manifest):
         _same(got, want)
 
 
+def test_persistent_workers_serve_every_epoch_and_resume_exactly(synth_manifest):
+    kwargs = dict(steps_per_epoch=4, ct_fraction=0.25, val_fraction=0.3, seed=2)
+    plain = PretrainData(synth_manifest, SMOKE, **kwargs)
+    shared = PretrainData(synth_manifest, SMOKE, num_workers=2, prefetch_factor=3, **kwargs)
+    assert "2 loader workers (persistent across epochs, 3 batches prefetched each)" in shared.describe()
+    # what the trainer does: a few batches (preflight), epochs with validation between them, a resume mid-epoch
+    first = shared.train_batches(0)
+    _same(next(first), next(plain.train_batches(0)))
+    calls = [("train", 0, 0), ("val", None, None), ("train", 1, 0), ("val", None, None), ("train", 2, 3)]
+    for kind, epoch, start in calls:
+        if kind == "val":
+            got, want = list(shared.val_batches()), list(plain.val_batches())
+            assert got
+        else:
+            got, want = list(shared.train_batches(epoch, start=start)), list(plain.train_batches(epoch, start=start))
+            assert len(got) == 4 - start
+        for a, b in zip(got, want, strict=True):
+            _same(a, b)
+    # an iterator superseded by a later call fails loudly instead of yielding the later call's batches
+    stale = shared.train_batches(0)
+    newer = shared.train_batches(1)
+    with pytest.raises(RuntimeError, match="superseded by a later train_batches"):
+        next(stale)
+    _same(next(newer), next(plain.train_batches(1)))
+
+
 def test_validation_batches_are_identical_every_call(synth_manifest):
     data = PretrainData(synth_manifest, SMOKE, steps_per_epoch=2, val_fraction=0.5, seed=0)
     first, second = list(data.val_batches()), list(data.val_batches())

@@ -68,15 +68,37 @@ def test_regions_larger_than_the_volume_are_zero_padded_not_squashed():
 def test_augmentation_is_a_flip_rotation_and_jitter_of_the_region():
     rng = np.random.default_rng(0)
     region = rng.uniform(size=(1, 16, 16, 16)).astype(np.float32)
-    out = augment(region, np.random.default_rng(5))
-    assert out.shape == region.shape
-    # voxels are permuted (flips/rot90) and affinely jittered: sorted values are an affine map of the originals
-    a, b = np.sort(region.ravel()), np.sort(out.ravel())
-    if np.corrcoef(a, b)[0, 1] < 0:
-        b = b[::-1]
-    slope, intercept = np.polyfit(a, b, 1)
-    np.testing.assert_allclose(a * slope + intercept, b, atol=1e-5)
-    assert 0.85 < abs(slope) < 1.15
+    out, jitter = augment(region, np.random.default_rng(5))
+    assert out.shape == region.shape and np.shares_memory(out, region)  # flips/rotation: a view, nothing copied
+    np.testing.assert_array_equal(np.sort(out.ravel()), np.sort(region.ravel()))  # voxels permuted, not changed
+    assert not np.array_equal(out, region)
+    assert np.all(np.abs(jitter.scale - 1) <= 0.1) and np.all(np.abs(jitter.shift) <= 0.05)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_jittering_the_views_equals_jittering_the_region(channels):
+    """The views are cut from the flipped/rotated view and jittered afterwards: the same as cutting them from the
+    materialised, jittered region (pooling is linear), only cheaper."""
+    preset = get_preset("smoke")
+    region = np.random.default_rng(2).uniform(size=(channels, *[preset.region_size] * 3)).astype(np.float32)
+    view, jitter = augment(region, np.random.default_rng(9))
+    materialised = np.ascontiguousarray(view) * jitter.scale[:, None, None, None] + jitter.shift[:, None, None, None]
+    fast = mim_views(view, preset, np.random.default_rng(4), jitter)
+    slow = mim_views(materialised.astype(np.float32), preset, np.random.default_rng(4))
+    for key in ("global_mask", "local_mask", "local_boxes"):
+        np.testing.assert_array_equal(fast[key], slow[key])
+    for key in ("global_image", "local_image"):
+        assert fast[key].dtype == np.float32 and fast[key].flags.c_contiguous
+        np.testing.assert_allclose(fast[key], slow[key], rtol=1e-5, atol=1e-6)
+
+
+def test_pooling_a_strided_view_equals_the_mean_of_each_cell():
+    region = np.random.default_rng(3).normal(size=(2, 8, 12, 16)).astype(np.float32)
+    view = np.rot90(np.flip(region, axis=3), axes=(1, 2))  # negative and swapped strides
+    want = np.ascontiguousarray(view).reshape(2, 6, 2, 4, 2, 8, 2).mean(axis=(2, 4, 6))
+    np.testing.assert_allclose(pool(view, 2), want, rtol=1e-5, atol=1e-6)
+    want = region.reshape(2, 2, 4, 3, 4, 4, 4).mean(axis=(2, 4, 6))
+    np.testing.assert_allclose(pool(region, 4), want, rtol=1e-5, atol=1e-6)
 
 
 def test_samples_prefer_foreground_and_are_fixed_by_the_seed():

@@ -1,9 +1,11 @@
-"""The crop cache: each volume stored once, normalised and oriented, as a chunked blosc2 NDArray (`.b2nd`), so a
-training crop decompresses only the chunks it touches instead of the whole `.nii.gz`.
+"""The crop cache: each volume stored once, normalised, oriented and resampled to the training spacing, as a chunked
+blosc2 NDArray (`.b2nd`), so a training crop decompresses only the blocks it touches instead of the whole `.nii.gz`
+and never needs resampling.
 
-Layout: CACHE/<modality>/<stem>-<hash>.b2nd (the data) and .json next to it (spacing, shape, foreground points,
-the source's size and mtime, the normalisation version, and the SHA-256 and byte size of the .b2nd file). Both are
-written to temporary names and renamed; the .json is written last and is the commit mark, so an interrupted build
+Layout: CACHE/<modality>/<stem>-<hash>-<spacing>mm.b2nd (the data) and .json next to it (target and source
+spacing, shape, foreground points, the source's size and mtime, the normalisation version, and the SHA-256 and byte
+size of the .b2nd file). The target spacing is part of an entry's name, so entries for several spacings can share
+a folder and an entry is never read for a preset with another spacing. Both files are written to temporary names and renamed; the .json is written last and is the commit mark, so an interrupted build
 leaves no entry that looks complete. An entry is used only when its .json parses, matches the source file and this
 code's normalisation, and its data file has the recorded size (`verify="full"` also re-hashes it, as `data cache`
 does before skipping an entry); anything else is rebuilt by `rsna-phase0 data cache`, never read.
@@ -11,6 +13,7 @@ does before skipping an entry); anything else is rebuilt by `rsna-phase0 data ca
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -26,17 +29,31 @@ from rsna_phase0.data.atomic import write_json_atomic
 from rsna_phase0.data.errors import VolumeError
 from rsna_phase0.data.layout import VolumeFile, canonical_stem
 
-CACHE_SCHEMA = 1
-CHUNK = 64  # voxels per axis of a compressed chunk: a 128^3 crop touches 8-27 chunks
-BLOCK = 32
-CLEVEL = 3
+CACHE_SCHEMA = 2  # 2: volumes stored at the target spacing
+DEFAULT_SPACING_MM = 1.0  # every preset's target_spacing_mm
+CHUNK = 64  # voxels per axis of a chunk (the unit of storage)
+BLOCK = 32  # voxels per axis of a block (the unit of decompression): a 128^3 crop decompresses 4-5 per axis
+# LZ4HC decompresses a crop about 2x faster than ZSTD (benchmarks/data_loading.py) for ~8% more disk
+CODEC, CLEVEL = "LZ4HC", 5
 
 
-def entry_paths(cache_dir: str | Path, modality: str, relpath: str) -> tuple[Path, Path]:
+def spacing_tag(spacing_mm: float) -> str:
+    return f"{float(spacing_mm):g}mm"
+
+
+def entry_paths(cache_dir: str | Path, modality: str, relpath: str, spacing_mm: float) -> tuple[Path, Path]:
     digest = hashlib.sha256(relpath.encode()).hexdigest()[:12]
     stem = canonical_stem(Path(relpath).name)
-    base = Path(cache_dir) / modality / f"{stem}-{digest}"
-    return base.with_suffix(".b2nd"), base.with_suffix(".json")
+    base = Path(cache_dir) / modality / f"{stem}-{digest}-{spacing_tag(spacing_mm)}"
+    return base.with_name(base.name + ".b2nd"), base.with_name(base.name + ".json")
+
+
+def other_spacings(cache_dir: str | Path, modality: str, relpath: str, spacing_mm: float) -> list[str]:
+    """Spacing tags of entries of this volume built for other spacings (to say why none fits)."""
+    data_path, _ = entry_paths(cache_dir, modality, relpath, spacing_mm)
+    prefix = data_path.name[: -len(spacing_tag(spacing_mm) + ".b2nd")]
+    tags = {p.name[len(prefix) : -len(".json")] for p in data_path.parent.glob(f"{glob.escape(prefix)}*.json")}
+    return sorted(tags - {spacing_tag(spacing_mm)})
 
 
 def _sha256(path: Path) -> str:
@@ -52,11 +69,19 @@ def _source_fingerprint(path: Path) -> dict:
     return {"path": str(path), "size": stat.st_size, "mtime": stat.st_mtime}
 
 
-def load_meta(cache_dir: str | Path, modality: str, relpath: str, source: Path, verify: str = "size") -> dict | None:
-    """The entry's metadata when the entry is complete and current, else None (`verify`: "size" or "full")."""
+def load_meta(
+    cache_dir: str | Path,
+    modality: str,
+    relpath: str,
+    source: Path,
+    spacing_mm: float = DEFAULT_SPACING_MM,
+    verify: str = "size",
+) -> dict | None:
+    """The entry's metadata when the entry for `spacing_mm` is complete and current, else None (`verify`: "size"
+    or "full")."""
     from rsna_phase0.data.intensity import NORMALISATION_VERSION
 
-    data_path, meta_path = entry_paths(cache_dir, modality, relpath)
+    data_path, meta_path = entry_paths(cache_dir, modality, relpath, spacing_mm)
     try:
         meta = json.loads(meta_path.read_text())
         fingerprint = _source_fingerprint(source)
@@ -64,6 +89,7 @@ def load_meta(cache_dir: str | Path, modality: str, relpath: str, source: Path, 
             meta.get("schema") == CACHE_SCHEMA
             and meta.get("normalisation") == NORMALISATION_VERSION
             and meta.get("relpath") == relpath
+            and meta.get("target_spacing_mm") == float(spacing_mm)
             and meta["source"]["size"] == fingerprint["size"]
             and meta["source"]["mtime"] == fingerprint["mtime"]
             and data_path.stat().st_size == meta["data_bytes"]
@@ -75,17 +101,19 @@ def load_meta(cache_dir: str | Path, modality: str, relpath: str, source: Path, 
     return meta
 
 
-def write_entry(file: VolumeFile, cache_dir: str | Path, dtype: str = "float32") -> dict:
-    """Read, normalise and store one volume; returns its metadata. Raises VolumeError for a bad volume."""
+def write_entry(
+    file: VolumeFile, cache_dir: str | Path, dtype: str = "float32", spacing_mm: float = DEFAULT_SPACING_MM
+) -> dict:
+    """Read, normalise, resample to `spacing_mm` and store one volume; returns its metadata. Raises VolumeError for
+    a bad volume."""
     import blosc2
 
-    from rsna_phase0.data.intensity import NORMALISATION_VERSION, foreground_points, normalize
-    from rsna_phase0.data.readers import read_volume
+    from rsna_phase0.data.intensity import NORMALISATION_VERSION
+    from rsna_phase0.data.prepare import load_training_volume
 
-    volume = read_volume(file.path, file.modality)
-    array = normalize(volume.array, file.modality, str(file.path)).astype(dtype, copy=False)
-    foreground = foreground_points(array, str(file.path))
-    data_path, meta_path = entry_paths(cache_dir, file.modality, file.relpath)
+    prepared = load_training_volume(str(file.path), file.modality, spacing_mm)
+    array = prepared.array.astype(dtype, copy=False)
+    data_path, meta_path = entry_paths(cache_dir, file.modality, file.relpath, spacing_mm)
     data_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{data_path.stem}.", suffix=".b2nd", dir=data_path.parent)
     os.close(fd)
@@ -93,7 +121,7 @@ def write_entry(file: VolumeFile, cache_dir: str | Path, dtype: str = "float32")
     try:
         chunks = (array.shape[0], *(min(CHUNK, n) for n in array.shape[1:]))
         blocks = (array.shape[0], *(min(BLOCK, n) for n in array.shape[1:]))
-        cparams = {"codec": blosc2.Codec.ZSTD, "clevel": CLEVEL, "filters": [blosc2.Filter.SHUFFLE]}
+        cparams = {"codec": blosc2.Codec[CODEC], "clevel": CLEVEL, "filters": [blosc2.Filter.SHUFFLE]}
         blosc2.asarray(
             np.ascontiguousarray(array), urlpath=tmp_name, mode="w", chunks=chunks, blocks=blocks, cparams=cparams
         )
@@ -109,10 +137,12 @@ def write_entry(file: VolumeFile, cache_dir: str | Path, dtype: str = "float32")
         "modality": file.modality,
         "normalisation": NORMALISATION_VERSION,
         "source": _source_fingerprint(file.path),
+        "target_spacing_mm": float(spacing_mm),
+        "source_spacing": list(prepared.source_spacing),
         "shape": list(array.shape),
         "dtype": str(array.dtype),
-        "spacing": list(volume.spacing),
-        "foreground": foreground.tolist(),
+        "spacing": list(prepared.spacing),
+        "foreground": prepared.foreground.tolist(),
         "data_file": data_path.name,
         "data_bytes": data_path.stat().st_size,
         "data_sha256": _sha256(data_path),
@@ -130,10 +160,12 @@ class CachedVolume:
     spacing: tuple[float, float, float]
     foreground: np.ndarray
     full_shape: tuple[int, ...]
+    # the open array, per process: a handle opened before a DataLoader fork must not be shared with the workers
+    _handle: tuple[int, object] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_meta(cls, cache_dir: str | Path, meta: dict) -> CachedVolume:
-        data_path, _ = entry_paths(cache_dir, meta["modality"], meta["relpath"])
+        data_path, _ = entry_paths(cache_dir, meta["modality"], meta["relpath"], meta["target_spacing_mm"])
         return cls(
             path=meta["source"]["path"],
             data_path=str(data_path),
@@ -146,12 +178,19 @@ class CachedVolume:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.full_shape[1:])
 
-    def read(self, lo, hi) -> np.ndarray:
+    def _array(self):
         import blosc2
 
+        if self._handle is None or self._handle[0] != os.getpid():
+            self._handle = (os.getpid(), blosc2.open(self.data_path, mode="r"))
+        return self._handle[1]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handle": None}  # spawned workers open their own
+
+    def read(self, lo, hi) -> np.ndarray:
         try:
-            array = blosc2.open(self.data_path, mode="r")
-            block = array[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+            block = self._array()[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
         except Exception as exc:  # blosc2 raises RuntimeError/ValueError for damaged frames
             raise VolumeError(
                 self.data_path,
@@ -173,9 +212,9 @@ class CacheReport:
         return "\n".join(lines)
 
 
-def _build_one(file: VolumeFile, cache_dir: str, dtype: str) -> tuple[str, str | None]:
+def _build_one(file: VolumeFile, cache_dir: str, dtype: str, spacing_mm: float) -> tuple[str, str | None]:
     try:
-        write_entry(file, cache_dir, dtype)
+        write_entry(file, cache_dir, dtype, spacing_mm)
     except VolumeError as exc:
         return file.relpath, exc.reason
     return file.relpath, None
@@ -187,15 +226,17 @@ def build_cache(
     workers: int | None = None,
     progress: bool = True,
     dtype: str = "float32",
+    spacing_mm: float = DEFAULT_SPACING_MM,
 ) -> CacheReport:
-    """Cache every file not already cached and verified (resumable: complete entries are re-hashed and skipped)."""
+    """Cache every file not already cached and verified at `spacing_mm` (resumable: complete entries are re-hashed
+    and skipped)."""
     from tqdm import tqdm
 
     files = list(files)
     report = CacheReport()
     todo = []
     for f in files:
-        if load_meta(cache_dir, f.modality, f.relpath, f.path, verify="full") is None:
+        if load_meta(cache_dir, f.modality, f.relpath, f.path, spacing_mm, verify="full") is None:
             todo.append(f)
         else:
             report.skipped += 1
@@ -204,11 +245,11 @@ def build_cache(
     results = []
     if workers <= 1 or len(todo) <= 1:
         for f in todo:
-            results.append(_build_one(f, str(cache_dir), dtype))
+            results.append(_build_one(f, str(cache_dir), dtype, spacing_mm))
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-            for future in as_completed([pool.submit(_build_one, f, str(cache_dir), dtype) for f in todo]):
+            for future in as_completed([pool.submit(_build_one, f, str(cache_dir), dtype, spacing_mm) for f in todo]):
                 results.append(future.result())
                 bar.update()
     bar.close()

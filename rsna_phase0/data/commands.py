@@ -53,9 +53,18 @@ def scan(dirs: tuple[Path, ...], out: Path | None, as_json: bool, workers: int |
     show_default=True,
     help="stored precision (float16 halves the size; intensities are in [0, 1])",
 )
-def cache(sources: tuple[Path, ...], out: Path, workers: int | None, dtype: str) -> None:
-    """Store SOURCES (layout folders, or a manifest .json: its accepted volumes) as chunked blosc2 for fast crops.
-    Resumable: complete, verified entries are skipped; partial or corrupt ones are rebuilt."""
+@click.option(
+    "--spacing",
+    "spacing_mm",
+    type=click.FloatRange(min=0.05, max=10.0),
+    default=1.0,
+    show_default=True,
+    help="store volumes resampled to this voxel size in mm: the preset's target_spacing_mm (every preset: 1)",
+)
+def cache(sources: tuple[Path, ...], out: Path, workers: int | None, dtype: str, spacing_mm: float) -> None:
+    """Store SOURCES (layout folders, or a manifest .json: its accepted volumes) as chunked blosc2 for fast crops,
+    already resampled to --spacing so training never resamples a crop. Resumable: complete, verified entries are
+    skipped; partial or corrupt ones are rebuilt."""
     from rsna_phase0.data.cache import build_cache
     from rsna_phase0.data.layout import VolumeFile, classify_dir, files_in
     from rsna_phase0.data.manifest import Manifest
@@ -71,7 +80,7 @@ def cache(sources: tuple[Path, ...], out: Path, workers: int | None, dtype: str)
                 files += [f for modality, folder in classify_dir(source) for f in files_in(folder, modality)]
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-    report = build_cache(files, out, workers=workers, dtype=dtype)
+    report = build_cache(files, out, workers=workers, dtype=dtype, spacing_mm=spacing_mm)
     click.echo(report.summary())
     click.echo(f"cache: {out}")
 

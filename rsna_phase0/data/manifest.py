@@ -196,3 +196,46 @@ def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc="scan", unit="vol", disable=not enabled or total < PROGRESS_MIN_FILES)
+
+
+def load_checked_manifest(
+    path: str | Path, mri_dirs: Iterable[str | Path] = (), ct_dirs: Iterable[str | Path] = ()
+) -> Manifest:
+    """A saved manifest, checked against the folders training was given instead of read blindly: it must list
+    exactly the volume files in those folders (same paths and modalities), and each must still have the size it
+    had when scanned. Costs a folder listing and one stat per file, not a read. Raises ValueError saying what
+    differs and how to rebuild the manifest."""
+    mri_dirs, ct_dirs = list(mri_dirs), list(ct_dirs)
+    manifest = Manifest.load(path)
+    files = _unique([f for d in mri_dirs for f in files_in(d, "mri")] + [f for d in ct_dirs for f in files_in(d, "ct")])
+    on_disk = {str(f.path): f.modality for f in files}
+    listed = {r.path: r for r in manifest.records}
+    problems: list[tuple[str, list[str]]] = []
+    missing = [p for p in listed if p not in on_disk]
+    new = [p for p in on_disk if p not in listed]
+    relabelled = [p for p, m in on_disk.items() if p in listed and listed[p].modality != m]
+    resized = []
+    for p, record in listed.items():
+        if p in on_disk:
+            try:
+                size = os.stat(p).st_size
+            except OSError as exc:
+                resized.append(f"{p}: cannot stat ({exc})")
+                continue
+            if size != record.size_bytes:
+                resized.append(f"{p}: {record.size_bytes} bytes when scanned, {size} now")
+    problems += [
+        (f"{len(missing)} volumes of the manifest are not in the given folders", missing),
+        (f"{len(new)} volumes in the given folders are not in the manifest", new),
+        (f"{len(relabelled)} volumes have another modality than the manifest says", relabelled),
+        (f"{len(resized)} volumes changed since the scan", resized),
+    ]
+    problems = [(what, examples) for what, examples in problems if examples]
+    if problems:
+        folders = " ".join(str(d) for d in mri_dirs + ct_dirs)
+        detail = "; ".join(f"{what} (e.g. {examples[0]})" for what, examples in problems)
+        raise ValueError(
+            f"manifest {path} does not match the data: {detail}. It was made for other folders or the data changed; "
+            f"rebuild it with `rsna-phase0 data scan {folders} --out {path}`, or train without --manifest"
+        )
+    return manifest

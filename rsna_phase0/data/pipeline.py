@@ -7,6 +7,12 @@
 Only accepted manifest records are used; rejected ones are counted with their reasons in describe(). A volume that
 is thinner than one global patch (patch_size * local_scale voxels at the target spacing) along any axis is excluded
 here too, with the reason; thicker volumes smaller than the region are zero-padded (CT slabs are thin in z).
+
+Loader workers (num_workers > 0) are persistent: one DataLoader serves every train_batches()/val_batches() call,
+its workers keep running across epochs and each call only swaps the plan the batch sampler hands out. That is safe
+because a SampleKey alone fixes its sample (no per-epoch state lives in a worker). A new call resets the shared
+loader, so an older iterator from this object stops with an error if it is used again, rather than yielding
+batches of the newer plan.
 """
 
 from __future__ import annotations
@@ -17,24 +23,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from rsna_phase0.batch import MiMBatch
-from rsna_phase0.data.cache import CachedVolume, load_meta
+from rsna_phase0.data.cache import CachedVolume, load_meta, other_spacings, spacing_tag
 from rsna_phase0.data.manifest import Manifest, VolumeRecord
 from rsna_phase0.data.sampler import PlannedBatch, SampleKey, is_validation, plan_epoch, plan_validation, rank_positions
 from rsna_phase0.data.views import ArrayVolume, VolumeSource, make_sample
 from rsna_phase0.presets import Preset
 
 
-def open_source(record: VolumeRecord) -> ArrayVolume:
-    """Read, normalise and index a volume from its NIfTI file (the uncached path)."""
-    from rsna_phase0.data.intensity import foreground_points, normalize
-    from rsna_phase0.data.readers import read_volume
+def open_source(record: VolumeRecord, spacing_mm: float) -> ArrayVolume:
+    """Read, normalise, resample and index a volume from its NIfTI file (the uncached path; the same array as its
+    cache entry)."""
+    from rsna_phase0.data.prepare import load_training_volume
 
-    volume = read_volume(record.path, record.modality)
-    array = normalize(volume.array, record.modality, record.path)
-    return ArrayVolume(record.path, array, volume.spacing, foreground_points(array, record.path))
+    prepared = load_training_volume(record.path, record.modality, spacing_mm)
+    return ArrayVolume(record.path, prepared.array, prepared.spacing, prepared.foreground)
 
 
 class MiMSampleDataset(Dataset):
@@ -44,7 +49,9 @@ class MiMSampleDataset(Dataset):
         self.records, self.preset, self.cache = records, preset, cache
 
     def source(self, file: int) -> VolumeSource:
-        return self.cache[file] if file in self.cache else open_source(self.records[file])
+        if file in self.cache:
+            return self.cache[file]
+        return open_source(self.records[file], self.preset.target_spacing_mm)
 
     def __getitem__(self, key: SampleKey) -> dict:
         record = self.records[key.file]
@@ -62,7 +69,8 @@ def collate_mim(samples: list[dict]) -> MiMBatch:
         raise ValueError(f"a batch must hold one modality, got {sorted(modalities)}")
 
     def stack(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.stack([s[name] for s in samples]))
+        # default_collate stacks straight into shared memory inside a worker: one copy fewer per batch to send
+        return default_collate([torch.from_numpy(s[name]) for s in samples])
 
     local_image, local_mask = stack("local_image"), stack("local_mask")
     return MiMBatch(
@@ -74,6 +82,26 @@ def collate_mim(samples: list[dict]) -> MiMBatch:
         local_boxes=stack("local_boxes"),
         paths=[s["path"] for s in samples],
     )
+
+
+class PlanSampler:
+    """The batch sampler of the persistent DataLoader: each iteration hands out the plan set last."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def init_loader_worker(_worker_id: int) -> None:
+    # one thread per worker: the loader's parallelism is its processes (torch already sets its own threads to 1)
+    import blosc2
+
+    blosc2.set_nthreads(1)
 
 
 class PretrainData:
@@ -88,6 +116,8 @@ class PretrainData:
         val_fraction: float = 0.1,
         num_workers: int = 0,
         cache_dir: str | Path | None = None,
+        prefetch_factor: int = 4,
+        persistent_workers: bool = True,
     ) -> None:
         if not isinstance(manifest, Manifest):
             manifest = Manifest.load(manifest)
@@ -97,6 +127,12 @@ class PretrainData:
             raise ValueError(f"val_fraction {val_fraction} must be in [0, 1)")
         self.manifest, self.preset, self.seed = manifest, preset, seed
         self.ct_fraction, self.val_fraction, self.num_workers = ct_fraction, val_fraction, num_workers
+        if prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor {prefetch_factor} must be at least 1")
+        self.prefetch_factor, self.persistent_workers = prefetch_factor, persistent_workers
+        self._loader: DataLoader | None = None
+        self._sampler = PlanSampler()
+        self._generation = 0
         self.steps_per_epoch = int(steps_per_epoch or preset.steps_per_epoch)
         if self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch {self.steps_per_epoch} must be at least 1")
@@ -133,11 +169,27 @@ class PretrainData:
                 raise FileNotFoundError(
                     f"{self.cache_dir}: cache folder does not exist; build it with `rsna-phase0 data cache`"
                 )
-            for i, r in enumerate(self.records):
-                meta = load_meta(self.cache_dir, r.modality, r.relpath, Path(r.path))
-                if meta is not None:
-                    self.cached[i] = CachedVolume.from_meta(self.cache_dir, meta)
+            self._open_cache()
         self.dataset = MiMSampleDataset(self.records, preset, self.cached)
+
+    def _open_cache(self) -> None:
+        spacing = self.preset.target_spacing_mm
+        elsewhere: dict[str, int] = {}
+        for i, r in enumerate(self.records):
+            meta = load_meta(self.cache_dir, r.modality, r.relpath, Path(r.path), spacing)
+            if meta is not None:
+                self.cached[i] = CachedVolume.from_meta(self.cache_dir, meta)
+                continue
+            for tag in other_spacings(self.cache_dir, r.modality, r.relpath, spacing):
+                elsewhere[tag] = elsewhere.get(tag, 0) + 1
+        if elsewhere:
+            found = ", ".join(f"{n} at {tag}" for tag, n in sorted(elsewhere.items()))
+            raise ValueError(
+                f"cache {self.cache_dir}: preset {self.preset.name} trains at {spacing_tag(spacing)}, but "
+                f"{sum(elsewhere.values())} volumes have entries only for another spacing ({found}); build "
+                f"{spacing_tag(spacing)} entries with `rsna-phase0 data cache ... --out {self.cache_dir} --spacing "
+                f"{spacing:g}` (entries of several spacings can share the folder)"
+            )
 
     # -- plans ---------------------------------------------------------------------------------------------------
     def plan(self, epoch: int) -> list[PlannedBatch]:
@@ -162,14 +214,50 @@ class PretrainData:
     def _load(self, batches: list[PlannedBatch]) -> Iterator[MiMBatch]:
         if not batches:
             return iter(())
-        loader = DataLoader(
+        self._generation += 1  # any older iterator over the shared loader is now stale
+        if self.num_workers == 0 or not self.persistent_workers:
+            return iter(self._make_loader([list(b.keys) for b in batches]))
+        if self._loader is None:
+            self._loader = self._make_loader(self._sampler)
+        self._sampler.batches = [list(b.keys) for b in batches]
+        return self._guarded(iter(self._loader), self._generation)
+
+    def _make_loader(self, batch_sampler) -> DataLoader:
+        workers = {}
+        if self.num_workers > 0:
+            workers = dict(
+                prefetch_factor=self.prefetch_factor,
+                persistent_workers=self.persistent_workers,
+                worker_init_fn=init_loader_worker,
+            )
+        return DataLoader(
             self.dataset,
-            batch_sampler=[list(b.keys) for b in batches],
+            batch_sampler=batch_sampler,
             num_workers=self.num_workers,
             collate_fn=collate_mim,
             pin_memory=torch.cuda.is_available(),
+            **workers,
         )
-        return iter(loader)
+
+    def _guarded(self, batches: Iterator[MiMBatch], generation: int) -> Iterator[MiMBatch]:
+        while True:
+            # checked before each next(): the shared iterator may already serve a newer call's plan
+            if generation != self._generation:
+                raise RuntimeError(
+                    "this batch iterator was superseded by a later train_batches()/val_batches() call on the same "
+                    "PretrainData (its workers are shared); finish one iterator before starting the next"
+                )
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            yield batch
+
+    def _worker_note(self) -> str:
+        if self.num_workers == 0:
+            return " (batches built in the training process)"
+        kind = "persistent across epochs" if self.persistent_workers else "restarted every epoch"
+        return f" ({kind}, {self.prefetch_factor} batches prefetched each)"
 
     # -- reporting -----------------------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -182,7 +270,7 @@ class PretrainData:
             f"(val_fraction {self.val_fraction}, split by path hash)",
             f"epoch: {self.steps_per_epoch} batches of {self.preset.batch_size} ({n_ct} CT, "
             f"{self.steps_per_epoch - n_ct} MRI; ct_fraction {self.ct_fraction}), seed {self.seed}, "
-            f"{self.num_workers} loader workers",
+            f"{self.num_workers} loader workers{self._worker_note()}",
             f"regions: {self.preset.region_size}^3 voxels at {self.preset.target_spacing_mm} mm -> global + "
             f"{self.preset.n_local} local views of {self.preset.input_size}^3",
         ]

@@ -69,6 +69,14 @@ def _duration(_ctx, _param, value):
 )
 @click.option("--num-workers", type=int, default=None, help="data loading processes per rank")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None, help="crop cache folder")
+@click.option(
+    "--manifest",
+    "manifest",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="a saved `rsna-phase0 data scan ... --out FILE` of these folders, used instead of re-reading every volume "
+    "(checked: same files, same sizes)",
+)
 @click.option("--no-progress", is_flag=True, help="no progress bars (logs only)")
 def train(
     preset,
@@ -87,6 +95,7 @@ def train(
     deterministic,
     num_workers,
     cache_dir,
+    manifest,
     no_progress,
 ) -> None:
     """Pre-train the Phase-0 encoder: preflight report, then the loop with resumable checkpoints.
@@ -113,20 +122,20 @@ def train(
         config = resolve_config(preset, file_values, parse_set_items(set_items), flags)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    exit_with(
-        run_from_cli(
-            config,
-            out=out,
-            mri_dirs=list(mri_dirs),
-            ct_dirs=list(ct_dirs),
-            resume=resume,
-            time_budget_s=time_budget,
-            allow_env_mismatch=allow_env_mismatch,
-            device=device,
-            cache_dir=cache_dir,
-            progress=not no_progress,
-        )
+    request = dict(
+        out=out,
+        mri_dirs=list(mri_dirs),
+        ct_dirs=list(ct_dirs),
+        resume=resume,
+        time_budget_s=time_budget,
+        allow_env_mismatch=allow_env_mismatch,
+        device=device,
+        cache_dir=cache_dir,
+        progress=not no_progress,
     )
+    if manifest is not None:
+        request["manifest"] = manifest
+    exit_with(run_from_cli(config, **request))
 
 
 def run_from_cli(config: dict, **request_fields) -> int:

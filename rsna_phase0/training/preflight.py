@@ -89,7 +89,15 @@ def check_environment(report: PreflightReport, *, must_match: bool, allow_mismat
     report.warn(f"the environment differs from the reference ({why}); `rsna-phase0 check-env` shows how to fix it")
 
 
-def scan_data(report: PreflightReport, mri_dirs: list[Path], ct_dirs: list[Path], progress: bool):
+def scan_data(
+    report: PreflightReport,
+    mri_dirs: list[Path],
+    ct_dirs: list[Path],
+    progress: bool,
+    manifest_path: Path | None = None,
+):
+    """The manifest of the given folders: scanned now (every volume read), or `manifest_path` (a saved `data scan`)
+    once it is shown to list exactly these folders' files, each with its recorded size."""
     if not mri_dirs and not ct_dirs:
         raise PreflightError("no data: pass --mri-dir and/or --ct-dir")
     for flag, folders in (("--mri-dir", mri_dirs), ("--ct-dir", ct_dirs)):
@@ -99,9 +107,20 @@ def scan_data(report: PreflightReport, mri_dirs: list[Path], ct_dirs: list[Path]
                     f"{flag} {folder}: {'is not a folder' if folder.exists() else 'no such folder'}"
                     " (on Kaggle data sets are under /kaggle/input/<dataset>/; check the path and that the data set is attached)"
                 )
-    from rsna_phase0.data.manifest import scan_dirs
+    from rsna_phase0.data.manifest import load_checked_manifest, scan_dirs
 
-    manifest = scan_dirs(mri_dirs, ct_dirs, progress=progress)
+    if manifest_path is None:
+        manifest = scan_dirs(mri_dirs, ct_dirs, progress=progress)
+    else:
+        try:
+            manifest = load_checked_manifest(manifest_path, mri_dirs, ct_dirs)
+        except (ValueError, FileNotFoundError) as exc:
+            raise PreflightError(f"--manifest: {exc}") from exc
+        report.add(
+            "manifest",
+            f"used {manifest_path} (scanned {manifest.created or 'at an unknown time'}): {len(manifest.records)} "
+            "files, the same as in the folders and each with its recorded size; no volume was re-scanned",
+        )
     accepted, rejected = manifest.accepted, manifest.rejected
     by_modality: dict[str, int] = {}
     for record in accepted:
