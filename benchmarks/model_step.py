@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+
+from rsna_phase0.atomic import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,16 +108,6 @@ def bench_encoder_vs_oracle(model, batch, device, amp, warmup, steps) -> dict:
         return 1000 * statistics.median(_timed(step, device, warmup, steps))
 
     return {"encoder_sparse_ms": run(model.encoder), "encoder_masked_dense_ms": run(oracle)}
-
-
-def write_json_atomic(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

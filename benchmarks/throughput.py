@@ -47,6 +47,8 @@ from throughput_measure import (  # noqa: E402
     sync,
 )
 
+from rsna_phase0.atomic import write_json_atomic  # noqa: E402
+
 COLUMNS = [
     ("preset", "preset", "{}"),
     ("batch", "B", "{}"),
@@ -265,20 +267,6 @@ def format_table(rows: list[dict]) -> str:
         if n == 0:
             lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def parse_args(argv):

@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-for _path in (str(_HERE), str(_HERE.parent)):  # sibling helpers, and the repo root for rsna_phase0.env.spec
+for _path in (str(_HERE), str(_HERE.parent)):  # sibling helpers; the repo root: rsna_phase0.{atomic,env.spec}
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from minkowski_common import BuildError, atomic_copy, version_tuple  # noqa: E402
+from minkowski_common import BuildError, version_tuple  # noqa: E402
 from minkowski_fixes import APPLIED, FIXER_REVISION, PRESENT, BuildTarget, apply_fixes, needed_fixes  # noqa: E402
 from minkowski_source import Source, locate, materialize  # noqa: E402
 from minkowski_toolchain import (  # noqa: E402
@@ -53,6 +53,8 @@ from minkowski_toolchain import (  # noqa: E402
     usable_cores,
 )
 from minkowski_wheel import SCHEMA, embed_build_record, read_build_record  # noqa: E402
+
+from rsna_phase0.atomic import copy_atomic  # noqa: E402
 
 __all__ = [
     "BuildError",
@@ -179,7 +181,7 @@ def key_lock(cache_dir: Path, key: str, say: Callable[[str], None] = print):
 
 def store_in_cache(wheel: Path, key: str, cache_dir: Path) -> Path:
     target = Path(cache_dir) / key / wheel.name
-    atomic_copy(wheel, target)
+    copy_atomic(wheel, target)
     return target
 
 
@@ -462,7 +464,7 @@ def ensure_installed(
     if wheel_out:
         out = Path(wheel_out) / wheel.name
         if out.resolve() != wheel.resolve():
-            atomic_copy(wheel, out)
+            copy_atomic(wheel, out)
         wheel = out
     if install:
         uninstall(python)

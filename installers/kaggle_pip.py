@@ -13,9 +13,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from rsna_phase0.atomic import write_text_atomic
 
 HOLD_MARKER = "# Written by rsna_phase0 installers/kaggle_setup.py"
 
@@ -127,20 +128,6 @@ def run_pip(python: str, args: list[str], log, *, timeout: float = 3600) -> None
         raise PipError(f"pip failed (exit {done.returncode}): {' '.join(command)}\n{tail}")
 
 
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def constraints_text(lines: list[str], spec_path: str) -> str:
     return (
         f"{HOLD_MARKER} from {spec_path}.\n"
@@ -212,7 +199,7 @@ def hold_pins(python: str, installed: Installed, constraints_file: Path, scope: 
     changed = existing != wanted
     if changed:
         try:
-            atomic_write(config_path, wanted)
+            write_text_atomic(config_path, wanted)
         except OSError as exc:
             other = "user" if scope == "site" else "site"
             raise PipError(f"{config_path}: cannot write the pip config ({exc}); try --pip-config {other}") from None

@@ -27,6 +27,7 @@ for _path in (str(HERE), str(HERE.parent)):
 import kaggle_lock  # noqa: E402
 import kaggle_pip  # noqa: E402
 
+from rsna_phase0.atomic import write_text_atomic  # noqa: E402
 from rsna_phase0.env.spec import load_spec  # noqa: E402
 
 _TORCH_FACTS = (
@@ -96,9 +97,9 @@ def rehearse(python: str, find_links: list[Path], out: Path) -> tuple[Path, Path
         values[("packages", name)] = version
     out.mkdir(parents=True, exist_ok=True)
     spec_out, lock_out = out / "spec.toml", out / "requirements.lock"
-    kaggle_pip.atomic_write(spec_out, override_toml(spec.path.read_text(encoding="utf-8"), values))
+    write_text_atomic(spec_out, override_toml(spec.path.read_text(encoding="utf-8"), values))
     lock_text = "".join(kaggle_lock.lock_for_wheelhouse(f) for f in find_links if list(Path(f).glob("*.whl")))
-    kaggle_pip.atomic_write(lock_out, lock_text or "# no wheels carried: everything is installed already\n")
+    write_text_atomic(lock_out, lock_text or "# no wheels carried: everything is installed already\n")
     return spec_out, lock_out
 
 

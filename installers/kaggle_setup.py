@@ -38,6 +38,7 @@ import kaggle_toolchain  # noqa: E402
 from kaggle_state import State, setup_key  # noqa: E402
 from minkowski_wheel import read_build_record  # noqa: E402
 
+from rsna_phase0.atomic import write_text_atomic  # noqa: E402
 from rsna_phase0.env.spec import SPEC_ENV_VAR, SpecError, load_spec  # noqa: E402
 
 INSTALLER_REVISION = 1  # part of the stamp key: bump when what a step does changes
@@ -385,7 +386,7 @@ class Setup:
     def _write_constraints(self) -> None:
         path = self.layout.constraints
         if not path.exists() or path.read_text(encoding="utf-8") != self._constraints_text():
-            kaggle_pip.atomic_write(path, self._constraints_text())
+            write_text_atomic(path, self._constraints_text())
 
     def _do_hold(self, log, say) -> None:
         self._write_constraints()

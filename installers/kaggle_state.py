@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from kaggle_pip import atomic_write
+from rsna_phase0.atomic import write_json_atomic
 
 STATE_SCHEMA = 1
 
@@ -51,4 +51,4 @@ class State:
 
     def _save(self) -> None:
         payload = {"schema": STATE_SCHEMA, "key": self.key, "steps": self.steps}
-        atomic_write(self.path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        write_json_atomic(self.path, payload, sort_keys=True)

@@ -3,7 +3,7 @@ or a hash of a local tree/tarball (offline: a Kaggle data set, a carried file).
 
 `locate` is cheap (no clone, no extraction) so a cached wheel can be found in seconds; `materialize` produces a
 private, writable copy of the tree to build in (setup.py runs `rm -rf build` and `pip uninstall` in its tree).
-Standard library only.
+Standard library only (and rsna_phase0.atomic, which is too).
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import os
 import shutil
 import subprocess
 import tarfile
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from minkowski_common import BuildError
+
+from rsna_phase0.atomic import write_atomic
 
 LS_REMOTE_TIMEOUT_S = 20
 CLONE_TIMEOUT_S = 600
@@ -82,27 +83,27 @@ def fetch_sdist(url: str, sha256: str, cache_dir: Path) -> Path:
         if actual == sha256:
             return target
         target.unlink()  # a corrupt or truncated earlier download: fetch it again, then verify
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out)
-            out.flush()
-            os.fsync(out.fileno())
-        actual = sha256_file(Path(tmp))
-        if actual != sha256:
+
+    def download_verified(out) -> None:
+        # hashed while streaming; a mismatch raises before the rename, so only a verified sdist is ever `target`
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(url, timeout=60) as response:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sha256:
             raise BuildError(
-                f"sha256 mismatch for {url}: got {actual}, env/reference.toml pins {sha256}; refusing to build "
-                "(the file changed or the download was tampered with)"
+                f"sha256 mismatch for {url}: got {digest.hexdigest()}, env/reference.toml pins {sha256}; refusing to "
+                "build (the file changed or the download was tampered with)"
             )
-        os.replace(tmp, target)
+
+    try:
+        write_atomic(target, download_verified)
     except OSError as exc:
         raise BuildError(
             f"cannot download the MinkowskiEngine sdist {url}: {exc}. Offline? Pass --source PATH with a copy of "
             "the sdist (a Kaggle data set or a carried file)"
         ) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return target
 
 

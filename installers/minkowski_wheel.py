@@ -2,7 +2,7 @@
 
 The file is added to the wheel's RECORD with its sha256 and size, so pip installs it like any other file and
 `importlib.metadata.distribution("MinkowskiEngine").read_text("rsna_build.json")` finds it (check-env does).
-Standard library only.
+Standard library only (and rsna_phase0.atomic, which is too).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import csv
 import hashlib
 import io
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 from minkowski_common import BuildError
+
+from rsna_phase0.atomic import write_atomic
 
 BUILD_RECORD = "rsna_build.json"
 SCHEMA = 1
@@ -55,22 +55,17 @@ def embed_build_record(wheel: Path, record: dict) -> None:
         body.append([record_name, "", ""])
         out = io.StringIO()
         csv.writer(out, lineterminator="\n").writerows(body)
-        fd, tmp = tempfile.mkstemp(prefix=f".{wheel.name}.", suffix=".tmp", dir=wheel.parent)
-        os.close(fd)
-        try:
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+
+        def rewrite(handle) -> None:
+            with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as dst:
                 for info in src.infolist():
                     if info.filename in (target, record_name):
                         continue
                     dst.writestr(info, src.read(info.filename))
                 dst.writestr(_zipinfo(target, src), payload)
                 dst.writestr(_zipinfo(record_name, src), out.getvalue().encode("utf-8"))
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, wheel)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        write_atomic(wheel, rewrite)
 
 
 def _zipinfo(name: str, like: zipfile.ZipFile) -> zipfile.ZipInfo:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import TORCHRUN_TWO_PROCESSES, TRAIN_MODULE, smoke_train_args
 
 from rsna_phase0.training.checkpoint import load_checkpoint
 from rsna_phase0.training.metrics import read_metrics
@@ -17,26 +17,7 @@ pytestmark = pytest.mark.gpu
 
 
 def train_args(train_data, out: Path, *args: str) -> list[str]:
-    mri, ct = train_data
-    return [
-        "--preset",
-        "smoke",
-        "--mri-dir",
-        str(mri),
-        "--ct-dir",
-        str(ct),
-        "--out",
-        str(out),
-        "--no-progress",
-        "--device",
-        "cuda",
-        "--allow-env-mismatch",
-        "--set",
-        "steps_per_epoch=6",
-        "--set",
-        "warmup_steps=2",
-        *args,
-    ]
+    return smoke_train_args(train_data, out, "--device", "cuda", "--allow-env-mismatch", *args, steps_per_epoch=6)
 
 
 def run(argv: list[str]) -> subprocess.CompletedProcess:
@@ -46,7 +27,7 @@ def run(argv: list[str]) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(("amp", "expected"), [("auto", None), ("fp16", "fp16 + GradScaler")])
 def test_cuda_run_with_amp_resumes(train_data, tmp_path, amp, expected):
     out = tmp_path / "run"
-    cli = [sys.executable, "-m", "rsna_phase0.training"]
+    cli = TRAIN_MODULE
     done = run(cli + train_args(train_data, out, "--max-steps", "4", "--set", f"amp={amp}"))
     assert done.returncode == 0, done.stderr[-4000:]
     major, _ = torch.cuda.get_device_capability()
@@ -65,16 +46,7 @@ def test_two_gpu_ddp_with_sync_batchnorm(train_data, tmp_path):
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs")
     out = tmp_path / "ddp"
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "rsna_phase0.training",
-    ]
-    done = run(torchrun + train_args(train_data, out, "--max-steps", "6"))
+    done = run(TORCHRUN_TWO_PROCESSES + train_args(train_data, out, "--max-steps", "6"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "world size 2" in done.stderr and "synchronised batch norm" in done.stderr
     state = load_checkpoint(out / "last.pt")

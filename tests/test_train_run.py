@@ -5,46 +5,28 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+from train_helpers import TRAIN_MODULE, smoke_train_args
 
 from rsna_phase0.cli import main
 from rsna_phase0.training.checkpoint import load_checkpoint
 from rsna_phase0.training.metrics import read_metrics
 
-# tiny and fast: 5 batches per epoch so the runs cross epoch boundaries (validation, epoch checkpoints)
-TINY = ["--set", "steps_per_epoch=5", "--set", "warmup_steps=2", "--no-progress"]
-
 
 def train(train_data, out: Path, *args: str, env: dict | None = None):
-    mri, ct = train_data
-    argv = ["train", "--preset", "smoke", "--mri-dir", str(mri), "--ct-dir", str(ct), "--out", str(out), *TINY, *args]
+    # tiny and fast: 5 batches per epoch so the runs cross epoch boundaries (validation, epoch checkpoints)
+    argv = ["train", *smoke_train_args(train_data, out, *args)]
     result = CliRunner().invoke(main, argv, env=env, catch_exceptions=False)
     return result.exit_code, result.output
 
 
 def train_process(train_data, out: Path, *args: str) -> tuple[int, str]:
     """The CLI in a fresh process: --deterministic needs OMP_NUM_THREADS=1 from the start (set by the command)."""
-    mri, ct = train_data
-    argv = [
-        sys.executable,
-        "-m",
-        "rsna_phase0.training",
-        "--preset",
-        "smoke",
-        "--mri-dir",
-        str(mri),
-        "--ct-dir",
-        str(ct),
-        "--out",
-        str(out),
-        *TINY,
-        *args,
-    ]
+    argv = [*TRAIN_MODULE, *smoke_train_args(train_data, out, *args)]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     return done.returncode, done.stdout + done.stderr
@@ -172,3 +154,38 @@ def test_deterministic_on_cpu_demands_single_threaded_openmp(train_data, tmp_pat
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     code, out = train(train_data, tmp_path / "run", "--deterministic")
     assert code == 1 and "--deterministic on the CPU needs OMP_NUM_THREADS=1" in out
+
+
+def test_saved_manifest_replaces_the_scan_and_stale_ones_are_refused(train_data, tmp_path, monkeypatch):
+    import shutil
+
+    import rsna_phase0.data.manifest as manifest_module
+
+    root = tmp_path / "data"
+    shutil.copytree(train_data[0].parent, root)  # the shared data set stays untouched
+    data = (root / "OpenMind_processed", root / "NIH_deeplesion" / "CT")
+    saved = tmp_path / "manifest.json"
+    result = CliRunner().invoke(main, ["data", "scan", str(root), "--out", str(saved), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+
+    def no_scan(*_args, **_kwargs):
+        raise AssertionError("the volumes were scanned although --manifest was given")
+
+    monkeypatch.setattr(manifest_module, "scan_files", no_scan)
+    code, out = train(data, tmp_path / "run", "--max-steps", "1", "--manifest", str(saved))
+    assert code == 0, out
+    assert f"manifest     used {saved}" in out and "12 files, the same as in the folders" in out
+    assert "12 volumes accepted (4 CT, 8 MRI)" in out
+    # a volume rewritten since the scan: refused before training, with the command that rebuilds the manifest
+    changed = sorted(data[1].glob("*.nii.gz"))[0]
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    code, out = train(data, tmp_path / "stale", "--max-steps", "1", "--manifest", str(saved))
+    assert code == 1 and "1 volumes changed since the scan" in out and str(changed) in out
+    assert f"rsna-phase0 data scan {data[0]} {data[1]} --out {saved}" in out
+    assert not (tmp_path / "stale" / "last.pt").exists()
+    # a manifest of other folders: here the CT folder is not given
+    code, out = train((data[0], tmp_path / "empty_ct"), tmp_path / "other", "--manifest", str(saved))
+    assert code == 1 and "--ct-dir" in out
+    (tmp_path / "empty_ct").mkdir()
+    code, out = train((data[0], tmp_path / "empty_ct"), tmp_path / "other", "--manifest", str(saved))
+    assert code == 1 and "4 volumes of the manifest are not in the given folders" in out

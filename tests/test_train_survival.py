@@ -6,35 +6,17 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from train_helpers import TRAIN_MODULE, smoke_train_args
 
 from rsna_phase0.training.checkpoint import load_checkpoint
 from rsna_phase0.training.metrics import read_metrics
 
 
 def command(train_data, out: Path, *args: str) -> list[str]:
-    mri, ct = train_data
-    return [
-        sys.executable,
-        "-m",
-        "rsna_phase0.training",
-        "--preset",
-        "smoke",
-        "--mri-dir",
-        str(mri),
-        "--ct-dir",
-        str(ct),
-        "--out",
-        str(out),
-        "--no-progress",
-        "--set",
-        "steps_per_epoch=5",
-        "--set",
-        "warmup_steps=2",
-        *args,
-    ]
+    return [*TRAIN_MODULE, *smoke_train_args(train_data, out, *args)]
 
 
 def start(argv: list[str], **env: str) -> subprocess.Popen:

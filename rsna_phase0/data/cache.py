@@ -5,9 +5,10 @@ and never needs resampling.
 Layout: CACHE/<modality>/<stem>-<hash>-<spacing>mm.b2nd (the data) and .json next to it (target and source
 spacing, shape, foreground points, the source's size and mtime, the normalisation version, and the SHA-256 and byte
 size of the .b2nd file). The target spacing is part of an entry's name, so entries for several spacings can share
-a folder and an entry is never read for a preset with another spacing. Both files are written to temporary names and renamed; the .json is written last and is the commit mark, so an interrupted build
-leaves no entry that looks complete. An entry is used only when its .json parses, matches the source file and this
-code's normalisation, and its data file has the recorded size (`verify="full"` also re-hashes it, as `data cache`
+a folder and an entry is never read for a preset with another spacing. Both files are written to temporary names
+and renamed; the .json is written last and is the commit mark, so an interrupted build leaves no entry that looks
+complete. An entry is used only when its .json parses, matches the source file, this code's normalisation and the
+spacing asked for, and its data file has the recorded size (`verify="full"` also re-hashes it, as `data cache`
 does before skipping an entry); anything else is rebuilt by `rsna-phase0 data cache`, never read.
 """
 

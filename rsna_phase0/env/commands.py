@@ -29,7 +29,7 @@ def check_env(
     Exit codes: 0 parity, 1 mismatch (or warnings with --strict), 2 could not probe.
     """
     from rsna_phase0.env.check import render_table, run_check
-    from rsna_phase0.env.report import write_json_atomic
+    from rsna_phase0.env.report import save_report
     from rsna_phase0.env.spec import SpecError
 
     try:
@@ -39,7 +39,7 @@ def check_env(
         sys.exit(2)
     if write_report:
         if result.report.get("probes"):
-            click.echo(f"report written to {write_json_atomic(write_report, result.report)}", err=True)
+            click.echo(f"report written to {save_report(write_report, result.report)}", err=True)
         else:
             click.echo(f"no report written to {write_report}: nothing was probed", err=True)
     if as_json:

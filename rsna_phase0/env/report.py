@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+
+from rsna_phase0.atomic import write_json_atomic
 
 REPORT_SCHEMA = 1
 
@@ -32,22 +33,9 @@ def make_report(probes: dict, spec_path: str | os.PathLike, parity: dict | None 
     }
 
 
-def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
-    """Write to a temp file in the same folder, fsync, then os.replace: readers never see half a report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def save_report(path: str | os.PathLike, report: dict) -> Path:
+    """Write a report atomically: a reader (or `--against`) never sees half of one. Returns the path."""
+    return write_json_atomic(path, report, indent=2)
 
 
 def load_report(path: str | os.PathLike) -> dict:

@@ -8,7 +8,6 @@ MinkowskiEngine: it works on state dicts.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rsna_phase0.atomic import write_atomic
 from rsna_phase0.models.dense_encoder import DenseEncoder
 from rsna_phase0.models.kernel_layout import minkowski_kernel_to_conv3d
 from rsna_phase0.presets import Preset
@@ -74,25 +74,13 @@ def export_dense_encoder(source) -> DenseEncoder:
 
 def save_dense_encoder(encoder: DenseEncoder, path: str | os.PathLike) -> Path:
     """Write the exported encoder atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
         "preset": encoder.preset.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda handle: torch.save(payload, handle))
 
 
 def load_dense_encoder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> DenseEncoder:

@@ -2,22 +2,23 @@
 
 A checkpoint is written to a temp file in the same folder, flushed and fsynced, renamed over the target with
 os.replace and the folder fsynced, so a crash or SIGKILL at any moment leaves either the old file or the new one,
-never a torn one. Leftover temp files (".NAME.tmp-PID") from a killed write are removed at the next start.
+never a torn one (rsna_phase0.atomic). Leftover temp files (".NAME.tmp-PID...") from a killed write are removed at the
+next start.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
+from rsna_phase0.atomic import TEMP_GLOB, copy_atomic, fsync_dir, write_atomic
 from rsna_phase0.training import faults
 
 FORMAT = "rsna_phase0.checkpoint"
@@ -32,38 +33,21 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and the reason."""
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # some filesystems (and Windows) cannot open a directory
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _temp_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}")  # matches TEMP_GLOB, so a killed link is swept
 
 
-def atomic_write(target: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
+def atomic_write(target: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Run `write(file)` into a temp file beside `target`, then make it `target` in one step."""
-    target = Path(target)
-    tmp = _temp_path(target)
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            delay = faults.slow_save_seconds()
-            if delay:
-                handle.flush()
-                time.sleep(delay)
+
+    def write_then_maybe_pause(handle: BinaryIO) -> None:
+        write(handle)
+        delay = faults.slow_save_seconds()
+        if delay:  # the survival test's SIGKILL lands here: temp file complete on disk, not yet renamed
             handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(target.parent)
+            time.sleep(delay)
+
+    write_atomic(target, write_then_maybe_pause)
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:
@@ -90,11 +74,10 @@ def link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, tmp)
     except OSError:
-        shutil.copyfile(source, tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        copy_atomic(source, target)
+        return
     os.replace(tmp, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -124,7 +107,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 def remove_stale_temps(folder: Path) -> list[Path]:
     removed = []
-    for tmp in folder.glob(".*.tmp-*"):
+    for tmp in folder.glob(TEMP_GLOB):
         with contextlib.suppress(OSError):
             tmp.unlink()
             removed.append(tmp)

@@ -131,10 +131,9 @@ def train(
         allow_env_mismatch=allow_env_mismatch,
         device=device,
         cache_dir=cache_dir,
+        manifest=manifest,
         progress=not no_progress,
     )
-    if manifest is not None:
-        request["manifest"] = manifest
     exit_with(run_from_cli(config, **request))
 
 

@@ -68,6 +68,7 @@ class RunRequest:
     allow_env_mismatch: bool = False
     device: str = "auto"
     cache_dir: Path | None = None
+    manifest: Path | None = None  # a saved `data scan`, used instead of scanning (checked against the folders)
     progress: bool = True
 
 
@@ -203,7 +204,11 @@ class Trainer:
             check_environment(report, must_match=must_match, allow_mismatch=self.request.allow_env_mismatch)
             self.env_report = json.loads(json.dumps(report.env_report, default=str))
             manifest = scan_data(
-                report, self.request.mri_dirs, self.request.ct_dirs, progress=self.request.progress and self.is_main
+                report,
+                self.request.mri_dirs,
+                self.request.ct_dirs,
+                progress=self.request.progress and self.is_main,
+                manifest_path=self.request.manifest,
             )
             self._build_data(manifest)
             self._build_model()

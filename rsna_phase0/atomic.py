@@ -1,0 +1,94 @@
+"""Atomic file writes: a reader (or a run killed mid-write) sees the old file or the complete new one, never a torn one.
+
+The one recipe every checkpoint, report, lock file and wheel goes through: a temp file in the target's folder
+(a rename is atomic only within one filesystem), write, flush, fsync, os.replace, fsync the folder (so the rename
+itself survives a power cut). A failed or interrupted write removes its temp file and leaves the old target as it was.
+
+Standard library only: the installers import this before anything else is installed (Dockerfile, Kaggle, CI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+# Temp files are ".NAME.tmp-PID-RANDOM": hidden, unique per writer, and found again by this glob after a SIGKILL.
+TEMP_GLOB = ".*.tmp-*"
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object], *, mode: int | None = None) -> Path:
+    """Call `write(handle)` on a binary temp file beside `path`, then make it `path` in one step; returns `path`.
+
+    `mode` sets the file's permission bits; None gives what open() would (0o666 less the umask), not mkstemp's 0600.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if mode is not None:
+                os.chmod(tmp, mode)
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> Path:
+    return write_atomic(path, lambda handle: handle.write(data), mode=mode)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, *, encoding: str = "utf-8", mode: int | None = None) -> Path:
+    return write_atomic(path, lambda handle: handle.write(text.encode(encoding)), mode=mode)
+
+
+def write_json_atomic(
+    path: str | os.PathLike,
+    payload: object,
+    *,
+    indent: int | None = 2,
+    sort_keys: bool = False,
+    mode: int | None = None,
+) -> Path:
+    """`payload` as JSON with a final newline (the file is a complete line for `tail` and `diff`)."""
+    return write_text_atomic(path, json.dumps(payload, indent=indent, sort_keys=sort_keys) + "\n", mode=mode)
+
+
+def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike, *, mode: int | None = None) -> Path:
+    """Copy `src` to `dst` atomically, streaming in 1 MiB chunks (wheels and checkpoints are too big to read whole)."""
+    with open(src, "rb") as source:  # opened first: a missing source fails before a temp file exists
+        return write_atomic(dst, lambda handle: shutil.copyfileobj(source, handle, 1 << 20), mode=mode)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries, which makes a rename in it durable; a no-op where folders cannot be opened."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    # O_EXCL on a fresh random name: no clash between writers (threads, ranks); mode 0o666 lets the umask decide
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(16):
+        tmp = str(path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"))
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: could not create a unique temp file for {path.name}")
