@@ -47,7 +47,7 @@ RUN pip install --no-deps --require-hashes -r /tmp/lock/requirements.lock
 # MinkowskiEngine, from the build module and the spec only (code changes do not rebuild it). No GPU is visible
 # during `docker build`: the module builds with --force_cuda for the archs given.
 COPY env/reference.toml /opt/rsna_phase0/env/reference.toml
-COPY rsna_phase0/__init__.py /opt/rsna_phase0/rsna_phase0/__init__.py
+COPY rsna_phase0/__init__.py rsna_phase0/atomic.py /opt/rsna_phase0/rsna_phase0/
 COPY rsna_phase0/env/__init__.py rsna_phase0/env/spec.py /opt/rsna_phase0/rsna_phase0/env/
 COPY installers /opt/rsna_phase0/installers
 RUN python /opt/rsna_phase0/installers/build_minkowski.py --source "${ME_SOURCE}" --archs "${TORCH_CUDA_ARCH_LIST}" \

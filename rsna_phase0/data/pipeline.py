@@ -17,6 +17,7 @@ batches of the newer plan.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,10 +99,10 @@ class PlanSampler:
 
 
 def init_loader_worker(_worker_id: int) -> None:
-    # one thread per worker: the loader's parallelism is its processes (torch already sets its own threads to 1)
-    import blosc2
-
-    blosc2.set_nthreads(1)
+    # One blosc2 thread per worker: the loader's parallelism is its processes. Through the environment, which
+    # c-blosc2 reads at each call: blosc2.set_nthreads() in a forked child tears down the parent's thread pool,
+    # whose threads do not exist there, and segfaulted the workers on a 16-core GPU machine.
+    os.environ["BLOSC_NTHREADS"] = "1"
 
 
 class PretrainData:
