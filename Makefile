@@ -37,8 +37,8 @@ test: setup ## run the test suite (GPU tests skip on CPU machines with the reaso
 	$(BIN)/python -m pytest -q
 
 lint: setup ## ruff (and hadolint on the Dockerfile)
-	$(BIN)/ruff check rsna_phase0 installers tests benchmarks
-	$(BIN)/ruff format --check rsna_phase0 installers tests benchmarks
+	$(BIN)/ruff check rsna_phase0 installers tests benchmarks env
+	$(BIN)/ruff format --check rsna_phase0 installers tests benchmarks env
 	$(BIN)/hadolint Dockerfile
 
 check-env: setup ## prove this environment equals the reference one

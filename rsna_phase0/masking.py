@@ -36,8 +36,14 @@ def choose_local_boxes(global_mask: np.ndarray, box: int, n_local: int, rng: np.
     z, y, x = np.meshgrid(np.arange(span), np.arange(span), np.arange(span), indexing="ij")
     z1, y1, x1 = z + box, y + box, x + box
     counts = (
-        table[z1, y1, x1] - table[z, y1, x1] - table[z1, y, x1] - table[z1, y1, x]
-        + table[z, y, x1] + table[z, y1, x] + table[z1, y, x] - table[z, y, x]
+        table[z1, y1, x1]
+        - table[z, y1, x1]
+        - table[z1, y, x1]
+        - table[z1, y1, x]
+        + table[z, y, x1]
+        + table[z, y1, x]
+        + table[z1, y, x]
+        - table[z, y, x]
     )
     weights = counts.reshape(-1).astype(np.float64)
     if weights.sum() == 0:

@@ -123,3 +123,33 @@ def test_bad_volumes_are_reported_not_cached(tmp_path):
     assert "0 built" in result.output and "2 rejected" in result.output
     assert "empty.nii.gz: empty file" in result.output and "zeros.nii.gz: constant" in result.output
     assert not list((tmp_path / "c").rglob("*.b2nd"))
+
+
+def test_parallel_cache_and_scan_after_threaded_torch_work_in_the_same_process(tmp_path):
+    # A forked pool child that resamples with torch after the parent ran a multi-threaded torch op deadlocked
+    # (OpenMP's thread pool does not survive fork): the pools must not depend on the parent's thread state.
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import torch
+        from pathlib import Path
+        from rsna_phase0.data.cache import build_cache
+        from rsna_phase0.data.layout import files_in
+        from rsna_phase0.data.manifest import scan_dirs
+        from rsna_phase0.data.synth import synth_dataset
+        torch.set_num_threads(2)
+        torch.nn.functional.conv3d(torch.randn(2, 4, 24, 24, 24), torch.randn(8, 4, 3, 3, 3)).sum().item()
+        root = Path({str(tmp_path / "data")!r})
+        synth_dataset(root, mri=2, ct=1, seed=1)
+        manifest = scan_dirs([root / "OpenMind_processed"], [root / "NIH_deeplesion" / "CT"], workers=2, progress=False)
+        assert len(manifest.accepted) == 3, manifest.summary_table()
+        files = files_in(root, "mri") + files_in(root, "ct")
+        build_cache(files, {str(tmp_path / "cache")!r}, workers=2, progress=False)
+        print("done")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0 and "done" in done.stdout, done.stderr[-3000:]

@@ -8,6 +8,7 @@ import sys
 import torch
 from model_helpers import tiny_preset
 
+from rsna_phase0.atomic import TEMP_GLOB
 from rsna_phase0.models.encoder import SparseWaveEncoder
 from rsna_phase0.models.export import export_dense_encoder, load_dense_encoder, save_dense_encoder
 from rsna_phase0.models.pretrainer import Pretrainer
@@ -43,7 +44,7 @@ def test_exported_encoder_equals_sparse_encoder_on_fully_visible_input(tmp_path)
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=f"{modality} stage {i}")
 
     path = save_dense_encoder(dense, tmp_path / "out" / "encoder.pt")
-    assert not list(path.parent.glob("*.tmp"))
+    assert path.exists() and not list(path.parent.glob(TEMP_GLOB))  # no temp file left behind
     loaded = load_dense_encoder(path)
     x = torch.randn(1, 3, 32, 32, 32)
     with torch.no_grad():

@@ -112,7 +112,9 @@ def test_makefile_installs_the_pins_from_the_spec():
     makefile = (REPO_ROOT / "Makefile").read_text()
     assert re.search(r"-m rsna_phase0\.env\.spec requirements\b.*> *(\S+)", makefile), "make setup must read the spec"
     installed_from = re.search(r"-m rsna_phase0\.env\.spec requirements\b.*> *(\S+)", makefile).group(1)
-    assert re.search(rf"pip install -q (-c \S+ )?-r {re.escape(installed_from)}", makefile), "make setup must install them"
+    assert re.search(
+        rf"pip install -q (-c \S+ )?-r {re.escape(installed_from)}", makefile
+    ), "make setup must install them"
     # torch is held with a constraint so that no pinned package can silently replace it
     assert re.search(r'echo "torch==\$\(DEV_TORCH\)" > (\S+)', makefile), "make setup must hold torch"
     assert pin_differences(parse_pins(makefile), spec_pins(include_dev=True), require_all=False) == []

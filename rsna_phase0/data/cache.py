@@ -22,11 +22,12 @@ import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
-from rsna_phase0.data.atomic import write_json_atomic
+from rsna_phase0.atomic import write_json_atomic
 from rsna_phase0.data.errors import VolumeError
 from rsna_phase0.data.layout import VolumeFile, canonical_stem
 
@@ -148,7 +149,7 @@ def write_entry(
         "data_bytes": data_path.stat().st_size,
         "data_sha256": _sha256(data_path),
     }
-    write_json_atomic(meta_path, meta, indent=None)
+    write_json_atomic(meta_path, meta, indent=None, mode=0o644)
     return meta
 
 
@@ -249,7 +250,9 @@ def build_cache(
             results.append(_build_one(f, str(cache_dir), dtype, spacing_mm))
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+        # spawn, not fork: a forked child that enters an OpenMP region (torch's resampling) after the parent used
+        # one deadlocks, and blosc2's and CUDA's state do not survive fork either
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
             for future in as_completed([pool.submit(_build_one, f, str(cache_dir), dtype, spacing_mm) for f in todo]):
                 results.append(future.result())
                 bar.update()

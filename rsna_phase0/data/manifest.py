@@ -12,9 +12,10 @@ from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
-from rsna_phase0.data.atomic import write_json_atomic
+from rsna_phase0.atomic import write_json_atomic
 from rsna_phase0.data.errors import VolumeError
 from rsna_phase0.data.layout import VolumeFile, classify_dir, files_in, find_duplicates
 
@@ -59,7 +60,10 @@ class Manifest:
 
     def save(self, path: str | Path) -> None:
         write_json_atomic(
-            path, {"schema": self.schema, "created": self.created, "records": [asdict(r) for r in self.records]}
+            path,
+            {"schema": self.schema, "created": self.created, "records": [asdict(r) for r in self.records]},
+            indent=1,
+            mode=0o644,  # shared manifests stay readable by other users whatever the umask
         )
 
     @classmethod
@@ -159,7 +163,9 @@ def scan_files(files: list[VolumeFile], workers: int | None = None, progress: bo
             records[f.path] = inspect_volume(f)
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+        # spawn, not fork: a forked child that enters an OpenMP region (torch's resampling) after the parent used
+        # one deadlocks, and blosc2's and CUDA's state do not survive fork either
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(inspect_volume, f): f for f in todo}
             for future in as_completed(futures):
                 records[futures[future].path] = future.result()
