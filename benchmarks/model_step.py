@@ -17,25 +17,15 @@ import json
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from throughput_measure import autocast as _autocast  # the benchmarks share one timing toolkit
+from throughput_measure import sync as _sync
 
 from rsna_phase0.atomic import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def _timed(fn, device: torch.device, warmup: int, steps: int) -> list[float]:
