@@ -117,15 +117,19 @@ def alignment_loss(child: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * F.cosine_similarity(child.float(), parent.detach().float(), dim=-1)).mean()
 
 
-def alignment_separation(child: torch.Tensor, parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(matched, shuffled) mean cosine similarity of each child (N, D) with its own parent and with the other
-    children's parents: the alignment term means something only where matched clearly exceeds shuffled on
-    held-out data. Detached (a diagnostic)."""
+def alignment_separation(
+    child: torch.Tensor, parent: torch.Tensor, boxes_per_region: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(matched, shuffled) mean cosine similarity of each child (N, D) with its own parent and with the parents of
+    other regions' boxes (rows are region-major, `boxes_per_region` each; boxes of the same region overlap, so they
+    are no negatives): the alignment term means something only where matched clearly exceeds shuffled on held-out
+    data. Detached (a diagnostic); shuffled is NaN with a single region."""
     with torch.no_grad():
         c = F.normalize(child.float(), dim=-1)
         p = F.normalize(parent.float(), dim=-1)
         sims = c @ p.T
-        n = sims.shape[0]
+        region = torch.arange(sims.shape[0], device=sims.device) // boxes_per_region
+        other = (region[:, None] != region[None, :]).float()
         matched = sims.diagonal().mean()
-        shuffled = (sims.sum() - sims.diagonal().sum()) / max(n * n - n, 1)
+        shuffled = (sims * other).sum() / other.sum() if other.sum() > 0 else sims.new_tensor(float("nan"))
     return matched, shuffled

@@ -10,7 +10,7 @@ view's content, to the last bit), are densified and decoded, and give
   loss = global_loss_weight * recon_global + local_loss_weight * recon_local + align_loss_weight * align;
 and diagnostics (detached, never in the loss): `excluded_patches` / `excluded_error`, the share of hidden patches
 and of their error left out as padding, air or near-constant; `align_matched` / `align_shuffled`, the mean cosine
-similarity of each child with its own parent and with other children's parents.
+similarity of each child with its own parent and with the parents of other regions' boxes.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class Pretrainer(nn.Module):
         parent = pool_boxes(align_map[:b].detach(), batch.local_boxes, p.local_box_patches, 2**ALIGN_LEVEL)
         child = self.align_predictor(align_map[b:].float().mean(dim=(2, 3, 4)))
         align = alignment_loss(child, parent)
-        matched, shuffled = alignment_separation(child, parent)
+        matched, shuffled = alignment_separation(child, parent, batch.n_local)
         recon_global, recon_local = levels[0].loss, levels[1].loss
         loss = p.global_loss_weight * recon_global + p.local_loss_weight * recon_local + p.align_loss_weight * align
         # both levels weighted by their hidden patches, as a user reads "the share of the loss left out"
