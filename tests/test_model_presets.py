@@ -78,3 +78,29 @@ def test_bad_batches_fail_with_clear_errors():
 def test_presets_reject_widths_that_cannot_split_into_heads():
     with pytest.raises(ValueError, match="head_dim"):
         get_preset("kaggle").with_embed_dim(100)
+
+
+def test_touching_idle_parameters_gives_every_parameter_a_zero_gradient_and_changes_nothing_else():
+    """DDP without unused-parameter detection needs a gradient for every parameter in every backward."""
+    preset = get_preset("smoke").with_overrides(n_local=1)
+    torch.manual_seed(0)
+    model = Pretrainer(preset)
+    batch = synthetic_batch(preset, 2, modality="mri", seed=2)
+    plain = model(batch)
+    plain["loss"].backward()
+    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    idle = {id(p) for p in model.idle_parameters("mri")}
+    assert {n for n, p in model.named_parameters() if p.grad is None} == {
+        n for n, p in model.named_parameters() if id(p) in idle
+    }
+    model.zero_grad(set_to_none=True)
+    touched = model(batch, touch_idle=True)
+    # (MinkowskiEngine's CPU kernel maps are built by several threads: the last bits vary between runs)
+    torch.testing.assert_close(touched["loss"], plain["loss"], rtol=1e-5, atol=0)
+    touched["loss"].backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        if id(param) in idle:
+            assert torch.count_nonzero(param.grad) == 0, name
+        else:
+            torch.testing.assert_close(param.grad, plain_grads[name], rtol=1e-4, atol=1e-7, msg=name)

@@ -75,8 +75,24 @@ class Pretrainer(nn.Module):
         groups = [batch.batch_size, batch.local_image.shape[0]]
         return self.encoder(images, masks, batch.modality, sparse_groups=groups)
 
-    def forward(self, batch: MiMBatch) -> dict[str, torch.Tensor]:
-        return self.losses(batch, self._run(batch))
+    def forward(self, batch: MiMBatch, touch_idle: bool = False) -> dict[str, torch.Tensor]:
+        """The loss terms and diagnostics. `touch_idle` adds 0 x the other modalities' stem and head parameters to
+        the loss, so every parameter takes part in every backward (DDP without unused-parameter detection); their
+        gradients are then zeros, not None (the trainer drops them again for a step that used no such batch)."""
+        out = self.losses(batch, self._run(batch))
+        if touch_idle:
+            out["loss"] = out["loss"] + sum(0.0 * p.sum() for p in self.idle_parameters(batch.modality))
+        return out
+
+    def modality_parameters(self, modality: str) -> list[nn.Parameter]:
+        """The parameters only `modality`'s batches use: its encoder stem and its decoder head."""
+        return [*self.encoder.stems[modality].parameters(), *self.decoder.heads[modality].parameters()]
+
+    def idle_parameters(self, modality: str) -> list[nn.Parameter]:
+        """The parameters a `modality` batch leaves unused: the other modalities' stems and heads."""
+        return [
+            p for other in self.preset.modality_channels if other != modality for p in self.modality_parameters(other)
+        ]
 
     def counted_patches(self, image: torch.Tensor) -> torch.Tensor:
         """(B, g, g, g) bool: the patches of these views that the reconstruction loss counts when hidden."""
