@@ -103,4 +103,4 @@ def test_touching_idle_parameters_gives_every_parameter_a_zero_gradient_and_chan
         if id(param) in idle:
             assert torch.count_nonzero(param.grad) == 0, name
         else:
-            torch.testing.assert_close(param.grad, plain_grads[name], rtol=1e-4, atol=1e-7, msg=name)
+            torch.testing.assert_close(param.grad, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
