@@ -216,10 +216,46 @@ def test_bad_labelled_data_fails_naming_the_file(heads, tmp_path):
     csv_path.write_text(f"image,aneurysm\n{positive},0\n")
     assert str(data / "labels" / f"{positive}.nii.gz") in error_of() and "CSV says aneurysm=0" in error_of()
     csv_path.unlink()
-    # and the command line says the same, exit 1
-    (data / "labels" / "head_002.nii.gz").write_bytes(b"not a nifti")
-    result = _evaluate(tmp_path / "missing.pt", "--data", data, "--task", "segmentation")
-    assert result.exit_code == 2 and "missing.pt" in result.output  # click: ENCODER does not exist
+
+
+def test_the_command_line_names_a_corrupt_label_map(encoder_path, heads, tmp_path):
+    data = _copy_heads(heads, tmp_path)
+    broken = data / "labels" / "head_002.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    result = _evaluate(encoder_path, "--data", data, "--task", "segmentation", "--out", tmp_path / "out")
+    assert result.exit_code == 1 and str(broken) in result.output and "cannot read the label map" in result.output
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+def test_labels_are_resampled_onto_the_image_grid(tmp_path):
+    from rsna_phase0.data.resample import resample_to_spacing
+    from rsna_phase0.data.synth import write_mri
+    from rsna_phase0.data.synth_labels import synth_labelled_head, write_label
+    from rsna_phase0.evaluation.cases import CaseFiles
+
+    image, label, _ = synth_labelled_head(np.random.default_rng([0, 2, 0]), "mri", 48.0, aneurysm=True)
+    spacing = np.array([0.7, 1.3, 0.85], np.float32)  # far from the 1 mm target, differently per axis
+    write_mri(tmp_path / "image.nii.gz", image, spacing)
+    write_label(tmp_path / "label.nii.gz", label, spacing)
+    case = load_case(CaseFiles("x", tmp_path / "image.nii.gz", tmp_path / "label.nii.gz", None), "mri", 1.0)
+    indicator, _ = resample_to_spacing((label == 1).astype(np.float32)[None], spacing, 1.0)
+    expected, vessel = indicator[0] > 0.5, case.label == 1
+    assert case.label.shape == case.shape == expected.shape and case.aneurysm == 1
+    # voxel-centre nearest neighbour agrees with the trilinear image grid (torch's "nearest" would give IoU ~0.55)
+    assert (expected & vessel).sum() / (expected | vessel).sum() > 0.8
+    assert case.image[0][vessel].mean() > 0.7
+
+
+def test_ct_heads_evaluate_through_the_ct_stem(encoder_path, tmp_path):
+    data = tmp_path / "ct"
+    synth_labelled_dataset(data, n=4, seed=2, size_mm=HEAD_MM, modality="ct")
+    result = _evaluate(
+        encoder_path, "--data", data, "--task", "segmentation", "--out", tmp_path / "out", "--holdout", 2,
+        "--seeds", 1, "--label-fractions", "1.0", "--modes", "probe", "--steps", 1, "--max-inference-size", 32,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "out" / "evaluate.json").read_text())
+    assert payload["settings"]["modality"] == "ct" and len(payload["runs"]) == 2
 
 
 def test_bad_split_files_and_fractions_are_refused(tmp_path):

@@ -12,3 +12,10 @@
 - `report.py`     the table, the JSON and the plot
 - `commands.py`   the command line
 """
+
+# steps per fine-tune: the acceptance run (kaggle preset, 3 seeds x 2 fractions x 2 modes x 2 inits = 24
+# fine-tunes, 20 held-out heads) fits about 5 H200 minutes (README, "Checking that Phase 0 paid off")
+DEFAULT_STEPS = 250
+# AdamW learning rate of head and encoder: heads start from scratch and budgets are short (1e-3 left aneurysms
+# unlearnt after 160 smoke steps where 3e-3 reached Dice ~0.5 in 200)
+DEFAULT_LR = 3e-3

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from rsna_phase0.evaluation import DEFAULT_LR, DEFAULT_STEPS
+
 
 def _int_or_path(value: str) -> int | str:
     return int(value) if value.strip().isdigit() else value
@@ -50,10 +52,14 @@ def _modes(value: str) -> tuple[str, ...]:
 )
 @click.option("--label-fractions", "fractions", default="1.0,0.25", show_default=True, help="training labels kept")
 @click.option("--modes", default="full,probe", show_default=True, help="full fine-tune and/or frozen-encoder probe")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="steps per fine-tune (default 250)")
+@click.option("--steps", type=click.IntRange(min=1), default=DEFAULT_STEPS, show_default=True, help="per fine-tune")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="default: the encoder preset's")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="head")
-@click.option("--encoder-lr", type=click.FloatRange(min=0, min_open=True), default=None, help="default: --lr")
+@click.option(
+    "--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_LR, show_default=True, help="AdamW, head"
+)
+@click.option(
+    "--encoder-lr", type=click.FloatRange(min=0, min_open=True), default=None, help="full mode (default: --lr)"
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True)
 @click.option("--modality", type=click.Choice(["auto", "mri", "ct"]), default="auto", show_default=True)
@@ -69,7 +75,7 @@ def evaluate(encoder: Path, data_dir: Path, task: str, out_dir: Path | None, **o
     random initialisation under the same budget, per seed, label fraction and mode; score the held-out cases
     (Dice per class, or AUC) and write OUT/evaluate.{txt,json,png}."""
     from rsna_phase0.data.errors import VolumeError
-    from rsna_phase0.evaluation.experiment import DEFAULT_STEPS, EvaluateSettings, run_evaluation
+    from rsna_phase0.evaluation.experiment import EvaluateSettings, run_evaluation
     from rsna_phase0.evaluation.report import format_table, write_report
 
     settings = EvaluateSettings(
@@ -78,7 +84,7 @@ def evaluate(encoder: Path, data_dir: Path, task: str, out_dir: Path | None, **o
         holdout=_int_or_path(options["holdout"]),
         label_fractions=_fractions(options["fractions"]),
         modes=_modes(options["modes"]),
-        steps=options["steps"] or DEFAULT_STEPS,
+        steps=options["steps"],
         batch_size=options["batch_size"],
         lr=options["lr"],
         encoder_lr=options["encoder_lr"],

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from rsna_phase0.atomic import write_json_atomic
+from rsna_phase0.evaluation import DEFAULT_LR, DEFAULT_STEPS
 from rsna_phase0.evaluation.cases import find_cases
 from rsna_phase0.evaluation.finetune import Budget, Runtime, build_model, finetune, random_encoder, score
-from rsna_phase0.evaluation.geometry import inference_side, size_multiple
+from rsna_phase0.evaluation.geometry import check_input_side, inference_side, size_multiple
 from rsna_phase0.evaluation.heads import MODES
 from rsna_phase0.evaluation.metrics import mean_sd
 from rsna_phase0.evaluation.preprocess import Case, detect_modality, load_case
@@ -34,7 +35,6 @@ RESULTS_VERSION = 1
 INITS = ("pretrained", "random")
 HEADLINE = {"segmentation": "dice_aneurysm", "classification": "auc"}
 METRICS = {"segmentation": ("dice_aneurysm", "dice_vessel"), "classification": ("auc",)}
-DEFAULT_STEPS = 250
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class EvaluateSettings:
     modes: tuple[str, ...] = MODES
     steps: int = DEFAULT_STEPS
     batch_size: int | None = None  # None: the encoder preset's
-    lr: float = 1e-3
+    lr: float = DEFAULT_LR
     encoder_lr: float | None = None  # None: lr
     device: str = "auto"
     amp: str = "auto"
@@ -103,6 +103,7 @@ def run_evaluation(
     side = inference_side(
         [c.shape for c in cases], size_multiple(pretrained), settings.max_inference_size, preset.input_size
     )
+    check_input_side(pretrained, side, modality)
     runtime = Runtime(device, amp, side)
     budget = Budget(
         steps=settings.steps,
