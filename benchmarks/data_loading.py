@@ -96,7 +96,7 @@ def main() -> None:
             )
             meta = load_meta(root / "cache", f.modality, f.relpath, f.path, preset.target_spacing_mm, verify="full")
             cached = CachedVolume.from_meta(root / "cache", meta)
-            in_memory = open_source(record, preset.target_spacing_mm)
+            in_memory = open_source(record, preset)
             mmap = npy_volume(in_memory, root)
             sizes = {
                 ".nii.gz": f.path.stat().st_size,
@@ -108,7 +108,7 @@ def main() -> None:
                 return lambda i: make_sample(source_of(), preset, np.random.default_rng([1, i]), train=True)
 
             rates = {
-                ".nii.gz": rate(sample(lambda r=record: open_source(r, preset.target_spacing_mm)), args.repeats, 1),
+                ".nii.gz": rate(sample(lambda r=record: open_source(r, preset)), args.repeats, 1),
                 ".b2nd": rate(sample(lambda c=cached: c), args.repeats * 10),
                 ".npy mmap": rate(sample(lambda m=mmap: m), args.repeats * 10),
             }

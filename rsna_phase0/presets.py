@@ -14,9 +14,14 @@ View geometry (all sizes in voxels at `target_spacing_mm`):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
 
 SPARSE_CONV_MODES = ("default", "copy_gemm", "direct_gemm")
+# the users' three CT windows in HU (brain L40/W80, blood L80/W200, bone L600/W3000): what their pre-windowed
+# DeepLesion and RSNA CTA files hold, and the default for CT given in HU (one channel)
+USERS_CT_WINDOWS: tuple[tuple[float, float], ...] = ((0.0, 80.0), (-20.0, 180.0), (-900.0, 2100.0))
+MODALITIES = ("mri", "ct")
 
 
 @dataclass(frozen=True)
@@ -28,25 +33,41 @@ class Preset:
     local_scale: int = 2
     n_local: int = 4
     target_spacing_mm: float = 1.0
+    # intensities (data pipeline; part of every cache entry's name). MRI: each volume clipped to its foreground's
+    # [p0.5, upper] and scaled to [0, 1]; the upper percentile per sequence (the volume's folder name, e.g. MRA),
+    # `mri_upper_percentile` for the rest: TOF-MRA vessels are the brightest ~1% of the head, p99.5 saturates them.
+    # CT given in HU (one channel) is cut into `ct_windows` (HU ranges, each scaled to [0, 1]); pre-windowed files
+    # (the users' three windows) are read as they are and need the users' windows here.
+    mri_upper_percentile: float = 99.5
+    mri_sequence_percentiles: tuple[tuple[str, float], ...] = (("MRA", 99.99),)
+    ct_windows: tuple[tuple[float, float], ...] = USERS_CT_WINDOWS
     # MiM levels: mask ratio and reconstruction-loss weight per level; cross-level alignment weight
     global_mask_ratio: float = 0.6
     local_mask_ratio: float = 0.8
     global_loss_weight: float = 1.0
     local_loss_weight: float = 1.0
     align_loss_weight: float = 0.1
+    # which hidden patches the reconstruction loss counts: at least this share of the patch's voxels above
+    # background (zero padding and air teach nothing) and some channel's std at least `min_patch_std` (a
+    # near-constant patch, normalised by its own std, is unit-variance noise); the rest is reported, not trained on
+    min_patch_foreground: float = 0.25
+    min_patch_std: float = 0.01
     # model widths: channels per encoder stage; the last entry is the embed size
-    stage_dims: tuple[int, ...] = (32, 64, 128, 256)
-    stage_depths: tuple[int, ...] = (1, 1, 2, 2)
-    sparse_stages: int = 2  # the first stages run MinkowskiEngine sparse convolutions; the rest are WaveFormer
-    # WaveFormer stages: heads = stage width // head_dim, so any width that is a multiple of head_dim works;
-    # the DWT runs as many levels as bring the low-frequency band down to attention_grid^3 tokens (WaveFormer: 8^3)
-    head_dim: int = 32
+    stage_dims: tuple[int, ...] = (32, 128, 512)
+    stage_depths: tuple[int, ...] = (1, 2, 8)
+    sparse_stages: int = 1  # the first stages run MinkowskiEngine sparse convolutions; the rest are WaveFormer
+    # WaveFormer stages: heads = stage width // head_dim, so any width that is a multiple of head_dim works; the
+    # DWT levels of each stage are fixed by the pre-training size (as many as bring its map down to
+    # attention_grid^3 low-band tokens, WaveFormer: 8^3) and stay fixed for any input size (fine-tuning at 96^3
+    # keeps the tokens' size and attends on more of them)
+    head_dim: int = 64
     attention_grid: int = 8
     mlp_ratio: float = 4.0
-    decoder_dim: int = 128  # decoder width at the coarsest scale, halving per upsampling (floor 8)
+    decoder_dim: int = 256  # decoder width at the coarsest scale, halving per upsampling (floor 8)
     # sparse-stage speed (benchmarks/throughput.py measures each; none changes what a visible voxel contributes):
     # voxels whose every channel is <= background_threshold (normalised intensity: MRI background and CT air are
-    # exactly 0) are inactive in the sparse stages like hidden ones; None computes them
+    # exactly 0) are inactive in the sparse stages like hidden ones, in pre-training and in the export; None
+    # computes them
     background_threshold: float | None = 0.0
     # the k2 s2 steps (modality stem, stage downsampling) as one dense conv read at the active output cells: exact,
     # and no MinkowskiEngine coordinate map at the finer scale (the stem's would hold every active input voxel)
@@ -55,7 +76,7 @@ class Preset:
         "default"  # MinkowskiEngine ConvolutionMode of the k3 convs: default, copy_gemm, direct_gemm
     )
     # training defaults (overridable from the command line or a config file)
-    batch_size: int = 2
+    batch_size: int = 4
     lr: float = 1.5e-4
     weight_decay: float = 0.05
     warmup_steps: int = 50
@@ -77,6 +98,20 @@ class Preset:
     @property
     def embed_dim(self) -> int:
         return self.stage_dims[-1]
+
+    def channels(self, modality: str) -> int:
+        """Input channels of a modality: MRI 1; CT one per window."""
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+        return 1 if modality == "mri" else len(self.ct_windows)
+
+    @property
+    def modality_channels(self) -> dict[str, int]:
+        return {m: self.channels(m) for m in MODALITIES}
+
+    def mri_percentile(self, sequence: str) -> float:
+        """The upper clipping percentile of an MRI sequence (its folder name, e.g. MRI_T1, MRA)."""
+        return dict(self.mri_sequence_percentiles).get(sequence, self.mri_upper_percentile)
 
     def with_overrides(self, **overrides) -> Preset:
         return replace(self, **overrides)
@@ -121,12 +156,25 @@ class Preset:
         for ratio in (self.global_mask_ratio, self.local_mask_ratio):
             if not 0.0 < ratio < 1.0:
                 raise ValueError(f"preset {self.name}: mask ratio {ratio} must be in (0, 1)")
+        if not 0.0 <= self.min_patch_foreground <= 1.0 or not self.min_patch_std >= 0.0:
+            raise ValueError(
+                f"preset {self.name}: min_patch_foreground {self.min_patch_foreground} must be in [0, 1] and "
+                f"min_patch_std {self.min_patch_std} at least 0"
+            )
+        percentiles = [self.mri_upper_percentile, *(p for _, p in self.mri_sequence_percentiles)]
+        if not all(50.0 < p <= 100.0 for p in percentiles):
+            raise ValueError(f"preset {self.name}: MRI upper percentiles {percentiles} must be in (50, 100]")
+        if not self.ct_windows or not all(len(w) == 2 and w[0] < w[1] for w in self.ct_windows):
+            raise ValueError(
+                f"preset {self.name}: ct_windows {self.ct_windows} must be (low, high) HU pairs with low < high"
+            )
 
 
-_BASE = Preset(name="base", input_size=64, patch_size=16)
+_BASE = Preset(name="base", input_size=64, patch_size=8)
 
 PRESETS: dict[str, Preset] = {
-    # tiny: trains on a CPU in minutes; its WaveFormer stage (4^3) attends on the 2^3 Haar low band
+    # tiny: trains on a CPU in minutes; two sparse stages (the sparse path at depth), then one WaveFormer stage
+    # (4^3) that attends on its 2^3 Haar low band
     "smoke": replace(
         _BASE,
         name="smoke",
@@ -144,42 +192,68 @@ PRESETS: dict[str, Preset] = {
         steps_per_epoch=20,
         lr=1e-3,
     ),
+    # the kaggle shape at a quarter of the width: for trying things on a small GPU
     "dev": replace(
         _BASE,
         name="dev",
-        input_size=64,
-        patch_size=16,
-        stage_dims=(24, 48, 96, 192),
-        attention_grid=4,
-        decoder_dim=64,
-        batch_size=2,
+        stage_dims=(24, 64, 192),
+        stage_depths=(1, 1, 4),
+        head_dim=32,
+        decoder_dim=96,
+        batch_size=4,
     ),
-    # 64^3 views; fits a 16 GB T4 with AMP. Sparse stages stay narrow (MinkowskiEngine cost ~ active voxels x
-    # channels, no tensor cores); width goes into the dense WaveFormer stages: 8^3 (attention on its 4^3 Haar
-    # low band) and 4^3.
+    # the users' Kaggle T4 configuration: 64^3 views, patch 8 (8 mm masking blocks at the local level), embed
+    # 512, depth 8, 8 heads. One sparse stage at 32^3 (MinkowskiEngine's cost grows with active voxels x
+    # channels and gains nothing from tensor cores: keep it narrow at high resolution); WaveFormer at 16^3 (one
+    # Haar level, attention on the 8^3 low band) and at 8^3 (the embed stage, attention on all 512 tokens, as
+    # WaveFormer's last stage). Fits a 16 GB T4 under fp16 at batch 4 (README, model section).
     "kaggle": replace(
         _BASE,
         name="kaggle",
-        input_size=64,
-        patch_size=16,
-        stage_dims=(32, 64, 192, 384),
-        stage_depths=(1, 1, 2, 2),
-        attention_grid=4,
-        decoder_dim=128,
+        stage_dims=(32, 128, 512),
+        stage_depths=(1, 2, 8),
+        decoder_dim=256,
         batch_size=4,
     ),
-    # 128^3 views: stage 3 (16^3) attends on its 8^3 Haar low band, stage 4 (8^3) on all tokens
+    # 128^3 views, embed 768, depth 12 (the users' production shape). Patch 16, not 8: at patch 8 the embed stage
+    # would run its 12 blocks x 768 channels on 16^3 = 4,096 positions per view, ~8x the activation memory (see
+    # the README); at 16 it works on 8^3 like kaggle's, and the WaveFormer stages at 32^3 and 16^3 attend on 8^3
+    # Haar low bands (2 and 1 levels).
     "production": replace(
         _BASE,
         name="production",
         input_size=128,
         patch_size=16,
-        stage_dims=(32, 64, 256, 768),
-        stage_depths=(1, 1, 2, 2),
-        decoder_dim=192,
+        stage_dims=(32, 128, 256, 768),
+        stage_depths=(1, 1, 2, 12),
+        decoder_dim=384,
         batch_size=2,
     ),
 }
+
+
+def tupled(value):
+    """Lists (from JSON or TOML) back to the nested tuples Preset fields hold."""
+    return tuple(tupled(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def preset_from_dict(data: dict) -> Preset:
+    """A Preset from Preset.to_dict() output (a checkpoint's or an export's), ignoring keys it does not know."""
+    known = {f.name for f in fields(Preset)}
+    return Preset(**{k: tupled(v) for k, v in data.items() if k in known})
+
+
+def parse_tuple_field(name: str, text: str, current: tuple):
+    """A tuple-valued field from command-line text: JSON (`[[0,80],[-100,600]]`, `[["MRA",99.9]]`) or, for flat
+    tuples of numbers, a comma list (`32,128,512`)."""
+    text = text.strip()
+    try:
+        value = json.loads(text if text.startswith("[") else "[" + text.strip("()") + "]")
+    except json.JSONDecodeError:
+        raise ValueError(f"{name}={text!r}: expected JSON like {json.dumps(current)}") from None
+    if not isinstance(value, list):
+        raise ValueError(f"{name}={text!r}: expected a list like {json.dumps(current)}")
+    return tupled(value)
 
 
 def get_preset(name: str, **overrides) -> Preset:

@@ -39,7 +39,7 @@ def test_cached_crops_equal_nifti_crops(dataset, tmp_path):
     manifest = scan_dirs([root], [root], workers=1, progress=False)
     for record in manifest.accepted:
         meta = load_meta(tmp_path / "cache", record.modality, record.relpath, Path(record.path), 1.0)
-        cached, direct = CachedVolume.from_meta(tmp_path / "cache", meta), open_source(record, 1.0)
+        cached, direct = CachedVolume.from_meta(tmp_path / "cache", meta), open_source(record, get_preset("kaggle"))
         # stored at the target spacing (synthetic volumes come at 0.8-1.2 mm): no crop needs resampling
         assert cached.spacing == direct.spacing == (1.0, 1.0, 1.0)
         assert meta["source_spacing"] == pytest.approx(record.spacing, rel=1e-5)

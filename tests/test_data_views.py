@@ -78,11 +78,12 @@ def test_augmentation_is_a_flip_rotation_and_jitter_of_the_region():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_jittering_the_views_equals_jittering_the_region(channels):
     """The views are cut from the flipped/rotated view and jittered afterwards: the same as cutting them from the
-    materialised, jittered region (pooling is linear), only cheaper."""
+    materialised, jittered region (above the floor that keeps tissue above the background the jitter is affine, and
+    pooling is linear), only cheaper."""
     preset = get_preset("smoke")
-    region = np.random.default_rng(2).uniform(size=(channels, *[preset.region_size] * 3)).astype(np.float32)
+    region = np.random.default_rng(2).uniform(0.1, 1.0, size=(channels, *[preset.region_size] * 3)).astype(np.float32)
     view, jitter = augment(region, np.random.default_rng(9))
-    materialised = np.ascontiguousarray(view) * jitter.scale[:, None, None, None] + jitter.shift[:, None, None, None]
+    materialised = jitter.apply_(np.ascontiguousarray(view).copy())
     fast = mim_views(view, preset, np.random.default_rng(4), jitter)
     slow = mim_views(materialised.astype(np.float32), preset, np.random.default_rng(4))
     for key in ("global_mask", "local_mask", "local_boxes"):
@@ -113,3 +114,25 @@ def test_samples_prefer_foreground_and_are_fixed_by_the_seed():
     again = make_sample(volume, preset, np.random.default_rng([7, 3]), train=True)
     for key, value in samples[3].items():
         np.testing.assert_array_equal(value, again[key])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augmentation_keeps_the_active_set_of_validation(channels):
+    """The sparse stages compute voxels with some channel above 0 (background_threshold): intensity jitter must not
+    switch air on or dim tissue off, so a region's active set in training equals the one validation sees."""
+    preset = get_preset("smoke")
+    rng = np.random.default_rng(7)
+    region = rng.uniform(0.0, 1.0, (channels, *[preset.region_size] * 3)).astype(np.float32)
+    region[:, :, :, : preset.region_size // 2] = 0.0  # air
+    region[:, :4] = np.float32(0.01)  # dim tissue, below the jitter's shift
+    if channels == 3:
+        region[1:, 4:8] = 0.0  # a voxel can be 0 in some CT windows and not in others
+    threshold = preset.background_threshold
+    for seed in range(20):
+        _, jitter = augment(region, np.random.default_rng(seed))
+        plain = mim_views(region, preset, np.random.default_rng(100 + seed))
+        jittered = mim_views(region, preset, np.random.default_rng(100 + seed), jitter)
+        for name in ("global_image", "local_image"):
+            active = (plain[name] > threshold).any(axis=-4)
+            np.testing.assert_array_equal((jittered[name] > threshold).any(axis=-4), active, err_msg=name)
+            assert not np.array_equal(jittered[name], plain[name])  # the jitter did act (the check can fail)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 from model_helpers import tiny_preset
 
@@ -28,21 +29,42 @@ def _trained_a_little(preset) -> Pretrainer:
     return model.eval()
 
 
-def test_exported_encoder_equals_sparse_encoder_on_fully_visible_input(tmp_path):
+def _heads_with_air(channels: int, size: int, seed: int) -> torch.Tensor:
+    """Two normalised volumes with real background: soft blobs in air that is exactly 0 (as the loaders give)."""
+    import numpy as np
+
+    from rsna_phase0.models.synthetic import blob_volume
+
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(np.stack([blob_volume(size, channels, rng, n_blobs=3) for _ in range(2)]))
+    air = float((x == 0).all(dim=1).float().mean())
+    assert 0.2 < air < 0.95, f"air fraction {air:.2f}: the test needs real background"
+    return x
+
+
+@pytest.mark.parametrize("size", [32, 64])  # the pre-training size, and a larger fine-tuning size
+def test_exported_encoder_equals_the_pretraining_encoder_on_inputs_with_background(size):
     preset = tiny_preset()
-    model = _trained_a_little(preset)
-    dense = export_dense_encoder(model)
+    model = _trained_a_little(preset).double()  # float64: large per-sample sums round differently in float32
+    dense = export_dense_encoder(model).double()
     assert not dense.training
     for modality, channels in (("mri", 1), ("ct", 3)):
-        # every voxel visible and above the background threshold, so the sparse stages compute every voxel too
-        x = torch.rand(2, channels, 32, 32, 32) + 0.05
-        all_visible = torch.zeros(2, preset.grid, preset.grid, preset.grid, dtype=torch.bool)
+        x = _heads_with_air(channels, size, seed=size + channels).double()
+        g = size // preset.patch_size
+        all_visible = torch.zeros(2, g, g, g, dtype=torch.bool)
         with torch.no_grad():
             sparse_maps = model.encoder(x, all_visible, modality).maps
             dense_maps = dense(x, modality)
         for i, (a, b) in enumerate(zip(sparse_maps, dense_maps, strict=True)):
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=f"{modality} stage {i}")
+            assert a.shape == b.shape
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9, msg=f"{modality} {size}^3 stage {i}")
+            assert a.abs().max() > 0.1
 
+
+def test_exported_encoder_saves_loads_and_exports_from_a_checkpoint(tmp_path):
+    preset = tiny_preset()
+    model = _trained_a_little(preset)
+    dense = export_dense_encoder(model)
     path = save_dense_encoder(dense, tmp_path / "out" / "encoder.pt")
     assert path.exists() and not list(path.parent.glob(TEMP_GLOB))  # no temp file left behind
     loaded = load_dense_encoder(path)
@@ -75,8 +97,6 @@ def test_export_module_works_without_minkowski_engine(tmp_path):
 
 
 def test_load_rejects_foreign_files(tmp_path):
-    import pytest
-
     bad = tmp_path / "weights.pt"
     torch.save({"something": 1}, bad)
     with pytest.raises(ValueError, match="not an rsna_phase0 dense encoder"):

@@ -77,3 +77,33 @@ def test_loss_target_is_per_patch_normalised_input():
     torch.testing.assert_close(target.std(-1, unbiased=False), torch.ones_like(target.mean(-1)), atol=1e-4, rtol=0)
     mask = torch.ones(1, 2, 2, 2, dtype=torch.bool)
     assert masked_patch_mse(normalised_target(image, 8), image, mask, 8) < 1e-10
+
+
+def check_local_views_cannot_change_the_global_view() -> None:
+    """MiM levels share one batch: the global view's encoder features, decoder output and loss must not depend on
+    the local views' content (which is, by design, mostly what the global view hides), in training mode."""
+    from rsna_phase0.models.pretrainer import Pretrainer
+    from rsna_phase0.models.synthetic import synthetic_batch
+
+    torch.manual_seed(0)
+    preset = tiny_preset()
+    model = Pretrainer(preset).train()
+    batch = synthetic_batch(preset, 2, modality="mri", seed=4)
+    changed = synthetic_batch(preset, 2, modality="mri", seed=4)
+    changed.local_image = synthetic_batch(preset, 2, modality="mri", seed=99).local_image  # other content, same masks
+    assert not torch.equal(changed.local_image, batch.local_image)
+    b = batch.batch_size
+    first, second = model.encode(batch), model.encode(changed)
+    for i, (a, c) in enumerate(zip(first.maps, second.maps, strict=True)):
+        assert torch.equal(a[:b], c[:b]), f"stage {i} of the global view changed with the local views' content"
+        assert not torch.equal(a[b:], c[b:])  # the local views' own features did change (the check can fail)
+    assert torch.equal(model(batch)["recon_global"], model(changed)["recon_global"])
+
+
+def test_local_view_content_leaves_the_global_view_bit_identical():
+    code = "import test_model_leakage as t\nt.check_local_views_cannot_change_the_global_view()\nprint('ok')"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and "ok" in result.stdout, result.stdout + result.stderr

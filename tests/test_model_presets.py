@@ -60,7 +60,7 @@ def test_autocast_bf16_forward_backward_on_cpu():
         out = model(batch)
     assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
     out["loss"].backward()
-    assert model.encoder.conv_stages[0].blocks[0].conv_bn.conv.kernel.grad.dtype == torch.float32
+    assert model.encoder.conv_stages[0].blocks[0].conv_norm.conv.kernel.grad.dtype == torch.float32
 
 
 def test_bad_batches_fail_with_clear_errors():

@@ -13,6 +13,7 @@ from rsna_phase0.training.config import (
     SMOKE_EPOCHS,
     load_config_file,
     parse_duration,
+    preset_from_config,
     resolve_config,
     resume_conflicts,
 )
@@ -61,11 +62,15 @@ def test_resume_conflicts_ignore_harmless_changes():
 
 
 def test_a_runs_config_json_is_a_config_file(tmp_path):
-    config = resolve_config("dev", set_values={"lr": "0.01", "stage_dims": "24,48,96,160"})
+    config = resolve_config(
+        "dev",
+        set_values={"lr": "0.01", "stage_dims": "24,64,160", "ct_windows": "[[0,80],[-20,180],[-100,600]]"},
+    )
     path = tmp_path / "config.json"
     ckpt.atomic_write_json(path, config)
     again = resolve_config(None, load_config_file(path))
     assert again["preset"]["name"] == "dev" and resume_conflicts(config, again) == []
+    assert preset_from_config(again).ct_windows == ((0.0, 80.0), (-20.0, 180.0), (-100.0, 600.0))
     assert resolve_config(None)["train"]["epochs"] == SMOKE_EPOCHS
     assert resolve_config("kaggle", load_config_file(path))["preset"]["name"] == "kaggle"  # --preset wins
 

@@ -78,10 +78,11 @@ def load_meta(
     source: Path,
     spacing_mm: float = DEFAULT_SPACING_MM,
     verify: str = "size",
+    intensity=None,
 ) -> dict | None:
-    """The entry's metadata when the entry for `spacing_mm` is complete and current, else None (`verify`: "size"
-    or "full")."""
-    from rsna_phase0.data.intensity import NORMALISATION_VERSION
+    """The entry's metadata when the entry for `spacing_mm` is complete and current (built with `intensity`, the
+    presets' defaults when None), else None (`verify`: "size" or "full")."""
+    from rsna_phase0.data.intensity import DEFAULT_INTENSITY
 
     data_path, meta_path = entry_paths(cache_dir, modality, relpath, spacing_mm)
     try:
@@ -89,7 +90,7 @@ def load_meta(
         fingerprint = _source_fingerprint(source)
         current = (
             meta.get("schema") == CACHE_SCHEMA
-            and meta.get("normalisation") == NORMALISATION_VERSION
+            and meta.get("normalisation") == (intensity or DEFAULT_INTENSITY).tag()
             and meta.get("relpath") == relpath
             and meta.get("target_spacing_mm") == float(spacing_mm)
             and meta["source"]["size"] == fingerprint["size"]
@@ -104,16 +105,21 @@ def load_meta(
 
 
 def write_entry(
-    file: VolumeFile, cache_dir: str | Path, dtype: str = "float32", spacing_mm: float = DEFAULT_SPACING_MM
+    file: VolumeFile,
+    cache_dir: str | Path,
+    dtype: str = "float32",
+    spacing_mm: float = DEFAULT_SPACING_MM,
+    intensity=None,
 ) -> dict:
-    """Read, normalise, resample to `spacing_mm` and store one volume; returns its metadata. Raises VolumeError for
-    a bad volume."""
+    """Read, normalise (with `intensity`, the presets' defaults when None), resample to `spacing_mm` and store one
+    volume; returns its metadata. Raises VolumeError for a bad volume."""
     import blosc2
 
-    from rsna_phase0.data.intensity import NORMALISATION_VERSION
+    from rsna_phase0.data.intensity import DEFAULT_INTENSITY
     from rsna_phase0.data.prepare import load_training_volume
 
-    prepared = load_training_volume(str(file.path), file.modality, spacing_mm)
+    intensity = intensity or DEFAULT_INTENSITY
+    prepared = load_training_volume(str(file.path), file.modality, spacing_mm, intensity)
     array = prepared.array.astype(dtype, copy=False)
     data_path, meta_path = entry_paths(cache_dir, file.modality, file.relpath, spacing_mm)
     data_path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +143,7 @@ def write_entry(
         "schema": CACHE_SCHEMA,
         "relpath": file.relpath,
         "modality": file.modality,
-        "normalisation": NORMALISATION_VERSION,
+        "normalisation": intensity.tag(),
         "source": _source_fingerprint(file.path),
         "target_spacing_mm": float(spacing_mm),
         "source_spacing": list(prepared.source_spacing),

@@ -34,12 +34,15 @@ from rsna_phase0.data.views import ArrayVolume, VolumeSource, make_sample
 from rsna_phase0.presets import Preset
 
 
-def open_source(record: VolumeRecord, spacing_mm: float) -> ArrayVolume:
+def open_source(record: VolumeRecord, preset: Preset) -> ArrayVolume:
     """Read, normalise, resample and index a volume from its NIfTI file (the uncached path; the same array as its
     cache entry)."""
+    from rsna_phase0.data.intensity import Intensity
     from rsna_phase0.data.prepare import load_training_volume
 
-    prepared = load_training_volume(record.path, record.modality, spacing_mm)
+    prepared = load_training_volume(
+        record.path, record.modality, preset.target_spacing_mm, Intensity.from_preset(preset)
+    )
     return ArrayVolume(record.path, prepared.array, prepared.spacing, prepared.foreground)
 
 
@@ -52,7 +55,7 @@ class MiMSampleDataset(Dataset):
     def source(self, file: int) -> VolumeSource:
         if file in self.cache:
             return self.cache[file]
-        return open_source(self.records[file], self.preset.target_spacing_mm)
+        return open_source(self.records[file], self.preset)
 
     def __getitem__(self, key: SampleKey) -> dict:
         record = self.records[key.file]
@@ -174,10 +177,13 @@ class PretrainData:
         self.dataset = MiMSampleDataset(self.records, preset, self.cached)
 
     def _open_cache(self) -> None:
+        from rsna_phase0.data.intensity import Intensity
+
+        self.intensity = Intensity.from_preset(self.preset)
         spacing = self.preset.target_spacing_mm
         elsewhere: dict[str, int] = {}
         for i, r in enumerate(self.records):
-            meta = load_meta(self.cache_dir, r.modality, r.relpath, Path(r.path), spacing)
+            meta = load_meta(self.cache_dir, r.modality, r.relpath, Path(r.path), spacing, intensity=self.intensity)
             if meta is not None:
                 self.cached[i] = CachedVolume.from_meta(self.cache_dir, meta)
                 continue

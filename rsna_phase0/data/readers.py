@@ -1,8 +1,9 @@
 """NIfTI readers: every volume comes out float32, channel-first (C, X, Y, Z), oriented RAS, with its spacing in mm.
 
-MRI is 3-D (1 channel). CT holds three HU windows (brain, blood, bone) and arrives as SimpleITK writes vector
-images, (X, Y, Z, 1, 3) under nibabel, or as (X, Y, Z, 3) or channel-first (3, X, Y, Z). Anything else is rejected
-with a VolumeError naming the file and the problem; nothing is ever substituted for an unreadable volume.
+MRI is 3-D (1 channel). CT is either 3-D in Hounsfield units (1 channel, cut into windows by data/intensity.py) or
+holds the users' three HU windows (brain, blood, bone) as SimpleITK writes vector images, (X, Y, Z, 1, 3) under
+nibabel, or as (X, Y, Z, 3) or channel-first (3, X, Y, Z). Anything else is rejected with a VolumeError naming the
+file and the problem; nothing is ever substituted for an unreadable volume.
 """
 
 from __future__ import annotations
@@ -67,15 +68,17 @@ def spatial_layout(shape: tuple[int, ...], modality: str, path: Path) -> tuple[t
         channels, spatial, first = 3, shape[:3], False
     elif ndim == 4 and shape[0] == 3:
         channels, spatial, first = 3, shape[1:], True
-    elif ndim == 3:
-        raise VolumeError(path, f"3-D image of shape {shape}: CT must hold the 3 windows {CT_WINDOWS}")
+    elif ndim == 3:  # Hounsfield units, one channel
+        return tuple(shape), 1, False
     elif ndim == 4:
         raise VolumeError(
             path, f"4-D image of shape {shape} has {shape[3]} channels: CT needs the 3 windows {CT_WINDOWS}"
         )
     else:
         raise VolumeError(
-            path, f"{ndim}-D image of shape {shape}: CT must be (X,Y,Z,1,3), (X,Y,Z,3) or channel-first (3,X,Y,Z)"
+            path,
+            f"{ndim}-D image of shape {shape}: CT must be 3-D in HU, or the 3 windows as (X,Y,Z,1,3), (X,Y,Z,3) or "
+            "channel-first (3,X,Y,Z)",
         )
     if channels != 3:
         raise VolumeError(path, f"image of shape {shape} has {channels} channels: CT needs the 3 windows {CT_WINDOWS}")

@@ -6,14 +6,16 @@ only when the volume's spacing differs from the target, and zero-padded where it
 for normalised MRI and air in every CT window). Volumes are never squashed into a cube.
 
 Augmentation (training only) acts on the region BEFORE the views are cut, so global and local views stay the same
-anatomy: random flips per axis, a random multiple of 90 degrees in the axial (X, Y) plane, intensity jitter.
+anatomy: random flips per axis, a random multiple of 90 degrees in the axial (X, Y) plane, intensity jitter. The
+jitter never crosses the background: values at or below it stay as they are and values above it stay above it, so
+the voxels the sparse stages compute (some channel above background) are the same in training and validation.
 The views follow rsna_phase0/masking.py exactly: the global view is the region average-pooled by `local_scale`;
 local view k is the region's native voxels at `box_origin * patch_size * local_scale`, spanning `input_size`.
 
 Speed (a loader worker builds one sample in a few milliseconds): volumes come already at the target spacing (the
 cache and `open_source` resample whole volumes once), flips and the rotation stay numpy views, and the intensity
-jitter, being affine per channel, is applied to the views after they are cut (pooling is linear, so the result is
-the same as jittering the region) instead of to the 8x larger region.
+jitter is applied to the views after they are cut instead of to the 8x larger region (per channel and affine above
+the background, so up to the floor that keeps tissue above it, the same as jittering the region).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from rsna_phase0.data.resample import at_target
-from rsna_phase0.masking import choose_local_boxes, random_patch_mask
+from rsna_phase0.masking import choose_local_boxes, patch_foreground_share, random_patch_mask
 from rsna_phase0.presets import Preset
 
 RANDOM_CENTRE_PROB = 0.1  # a few crops anywhere, so the model also sees edges and background
@@ -107,21 +109,29 @@ def resample(block: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
         return F.interpolate(t, size=size, mode="trilinear", align_corners=False)[0].numpy()
 
 
+JITTER_FLOOR = 1e-3  # how far above the background jittered tissue stays
+
+
 @dataclass(frozen=True)
 class Jitter:
-    """Per-channel intensity jitter x * scale + shift, applied to the views once they are cut."""
+    """Per-channel intensity jitter x * scale + shift above the background, applied to the views once cut."""
 
     scale: np.ndarray  # (C,) float32
     shift: np.ndarray
+    background: float = 0.0  # values <= this are background (normalised: air and padding are exactly 0)
 
     def apply_(self, views: np.ndarray) -> np.ndarray:
-        """In place on a (..., C, X, Y, Z) float32 array that this code owns."""
-        views *= self.scale[:, None, None, None]
-        views += self.shift[:, None, None, None]
+        """In place on a (..., C, X, Y, Z) float32 array that this code owns. A channel value at or below the
+        background is left alone; one above it becomes max(x * scale + shift, background + JITTER_FLOOR), so no
+        voxel enters or leaves the sparse stages' active set (some channel above the background)."""
+        above = views > self.background
+        jittered = views * self.scale[:, None, None, None] + self.shift[:, None, None, None]
+        np.maximum(jittered, np.float32(self.background + JITTER_FLOOR), out=jittered)
+        np.copyto(views, jittered, where=above)
         return views
 
 
-def augment(region: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, Jitter]:
+def augment(region: np.ndarray, rng: np.random.Generator, background: float = 0.0) -> tuple[np.ndarray, Jitter]:
     """Flips and an in-plane 90-degree rotation of a (C, X, Y, Z) region (a view, nothing copied), and the
     per-channel intensity jitter to apply to whatever is cut from it."""
     for axis in (1, 2, 3):
@@ -131,7 +141,7 @@ def augment(region: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, J
     channels = region.shape[0]
     scale = rng.uniform(1 - INTENSITY_SCALE, 1 + INTENSITY_SCALE, channels).astype(np.float32)
     shift = rng.uniform(-INTENSITY_SHIFT, INTENSITY_SHIFT, channels).astype(np.float32)
-    return region, Jitter(scale, shift)
+    return region, Jitter(scale, shift, background)
 
 
 def pool(region: np.ndarray, factor: int) -> np.ndarray:
@@ -165,14 +175,15 @@ def mim_views(
     `jitter` (from augment) is applied to both views as if it had been applied to the region."""
     s = preset.input_size
     global_mask = random_patch_mask(preset.grid, preset.global_mask_ratio, rng)
-    boxes = choose_local_boxes(global_mask, preset.local_box_patches, preset.n_local, rng)
+    global_image = pool(region, preset.local_scale)
+    foreground = patch_foreground_share(global_image, preset.patch_size, background_level(preset))
+    boxes = choose_local_boxes(global_mask, preset.local_box_patches, preset.n_local, rng, foreground)
     local_images = np.empty((preset.n_local, region.shape[0], s, s, s), np.float32)
     for k, o in enumerate(local_origin_voxels(boxes, preset)):
         local_images[k] = region[:, o[0] : o[0] + s, o[1] : o[1] + s, o[2] : o[2] + s]
     local_masks = np.stack(
         [random_patch_mask(preset.grid, preset.local_mask_ratio, rng) for _ in range(preset.n_local)]
     )
-    global_image = pool(region, preset.local_scale)
     if jitter is not None:
         jitter.apply_(global_image)
         jitter.apply_(local_images)
@@ -185,10 +196,15 @@ def mim_views(
     }
 
 
+def background_level(preset: Preset) -> float:
+    """Intensities at or below this are background (the sparse stages' threshold; 0 when they compute it)."""
+    return preset.background_threshold if preset.background_threshold is not None else 0.0
+
+
 def make_sample(source: VolumeSource, preset: Preset, rng: np.random.Generator, train: bool) -> dict[str, np.ndarray]:
     """One MiM sample from a volume; everything random comes from `rng`, so a seed fixes the sample."""
     region = crop_region(source, choose_centre(source, rng), preset)
     jitter = None
     if train:
-        region, jitter = augment(region, rng)
+        region, jitter = augment(region, rng, background_level(preset))
     return mim_views(region, preset, rng, jitter)

@@ -4,7 +4,9 @@ Densify, per encoder scale: LayerNorm per position (statistics never cross posit
 by a learned mask token, then a k3 projection to the decoder's width at that scale, so hidden positions take
 context from their visible neighbours. The decoder starts at the coarsest scale with `decoder_dim` channels and
 halves per upsampling (transposed conv k2 s2, then k3 conv), adding each finer scale's densified map (SparK's
-skips), down to stride 1.
+skips), down to stride 1. Its normalisation is per sample (GroupNorm with one group per channel, i.e. InstanceNorm,
+which autocast keeps in float32): the MiM levels share a batch, and batch statistics would carry the local views'
+content, by design what the global view hides, into the global view's prediction.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from rsna_phase0.batch import MODALITY_CHANNELS
 from rsna_phase0.models.waveformer import ChannelLayerNorm
 from rsna_phase0.presets import Preset
 
@@ -46,10 +47,10 @@ class UpBlock(nn.Module):
         super().__init__()
         self.up = nn.ConvTranspose3d(in_dim, out_dim, kernel_size=2, stride=2)
         self.body = nn.Sequential(
-            nn.BatchNorm3d(out_dim),
+            nn.GroupNorm(out_dim, out_dim),
             nn.GELU(),
             nn.Conv3d(out_dim, out_dim, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm3d(out_dim),
+            nn.GroupNorm(out_dim, out_dim),
             nn.GELU(),
         )
 
@@ -72,7 +73,10 @@ class SparkDecoder(nn.Module):
         self.densify = nn.ModuleList(Densify(dims[n - 1 - j], widths[j]) for j in range(n))
         self.up_blocks = nn.ModuleList(UpBlock(widths[j], widths[j + 1]) for j in range(n))
         self.heads = nn.ModuleDict(
-            {name: nn.Conv3d(widths[-1], channels, kernel_size=1) for name, channels in MODALITY_CHANNELS.items()}
+            {
+                name: nn.Conv3d(widths[-1], channels, kernel_size=1)
+                for name, channels in preset.modality_channels.items()
+            }
         )
 
     def forward(self, maps: list[torch.Tensor], masks: list[torch.Tensor], modality: str) -> DecoderOutput:

@@ -13,10 +13,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from rsna_phase0.batch import MODALITY_CHANNELS
+from rsna_phase0.models.geometry import check_input_size, stage_dwt_levels
 from rsna_phase0.models.masks import mask_at_stride, visible_weight
 from rsna_phase0.models.sparse_stages import (
-    SparseConvBN,
+    SparseConvNorm,
     SparseStage,
     active_voxels,
     coarser_active,
@@ -32,11 +32,14 @@ class EncoderFeatures(NamedTuple):
     masks: list[torch.Tensor]  # the hidden mask (B, r_i, r_i, r_i) at each stage's scale
 
 
-def check_modality(x: torch.Tensor, modality: str) -> None:
-    if modality not in MODALITY_CHANNELS:
-        raise ValueError(f"unknown modality {modality!r}; expected one of {sorted(MODALITY_CHANNELS)}")
-    if x.shape[1] != MODALITY_CHANNELS[modality]:
-        raise ValueError(f"{modality} input has {x.shape[1]} channels, expected {MODALITY_CHANNELS[modality]}")
+def check_input(x: torch.Tensor, modality: str, preset: Preset) -> None:
+    """ValueError when `x` (B, C, D, H, W) does not fit the modality's channels or the encoder's sizes."""
+    expected = preset.channels(modality)
+    if x.ndim != 5 or x.shape[1] != expected:
+        raise ValueError(
+            f"{modality} input of shape {tuple(x.shape)}: expected (B, {expected}, D, H, W) for preset {preset.name}"
+        )
+    check_input_size(preset, tuple(x.shape[2:]))
 
 
 class SparseWaveEncoder(nn.Module):
@@ -46,16 +49,17 @@ class SparseWaveEncoder(nn.Module):
         dims, depths, n_sparse = preset.stage_dims, preset.stage_depths, preset.sparse_stages
         self.stems = nn.ModuleDict(
             {
-                name: SparseConvBN(channels, dims[0], kernel_size=2, stride=2)
-                for name, channels in MODALITY_CHANNELS.items()
+                name: SparseConvNorm(channels, dims[0], kernel_size=2, stride=2)
+                for name, channels in preset.modality_channels.items()
             }
         )
         self.conv_stages = nn.ModuleList(
             SparseStage(dims[i - 1] if i else None, dims[i], depths[i], preset.sparse_conv_mode)
             for i in range(n_sparse)
         )
+        levels = stage_dwt_levels(preset)
         self.wave_stages = nn.ModuleList(
-            WaveFormerStage(dims[i - 1], dims[i], depths[i], preset.head_dim, preset.attention_grid, preset.mlp_ratio)
+            WaveFormerStage(dims[i - 1], dims[i], depths[i], preset.head_dim, levels[i], preset.mlp_ratio)
             for i in range(n_sparse, len(dims))
         )
 
@@ -65,17 +69,36 @@ class SparseWaveEncoder(nn.Module):
     def get_feature_map_channels(self) -> list[int]:
         return list(self.preset.stage_dims)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, modality: str, hierarchical: bool = True):
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        modality: str,
+        hierarchical: bool = True,
+        sparse_groups: list[int] | None = None,
+    ):
         """x (B, C, S, S, S); mask (B, g, g, g) bool, True = hidden. Returns EncoderFeatures (or the last map and
-        mask when `hierarchical` is False)."""
-        check_modality(x, modality)
+        mask when `hierarchical` is False).
+
+        `sparse_groups` (sizes summing to B) runs the sparse stages on each group of rows apart: one MinkowskiEngine
+        pass per MiM level, so a level's features do not depend on another level's content even in their last bits
+        (a sparse convolution's GEMMs round by the total number of active voxels). Dense stages run on the whole
+        batch: per sample, at fixed shapes, their arithmetic does not depend on the other samples."""
+        check_input(x, modality, self.preset)
         batch, size, patch = x.shape[0], x.shape[-1], self.get_downsample_ratio()
         if mask.shape != (batch, size // patch, size // patch, size // patch) or mask.dtype != torch.bool:
             raise ValueError(
                 f"mask {tuple(mask.shape)} {mask.dtype} does not fit input {tuple(x.shape)} with patch {patch}"
             )
         masks = [mask_at_stride(mask, patch, 2 ** (i + 1)) for i in range(len(self.preset.stage_dims))]
-        maps = self.sparse_maps(x, mask, modality)
+        if sparse_groups is None:
+            maps = self.sparse_maps(x, mask, modality)
+        else:
+            parts = [
+                self.sparse_maps(xs, ms, modality)
+                for xs, ms in zip(x.split(sparse_groups), mask.split(sparse_groups), strict=True)
+            ]
+            maps = [torch.cat(level) for level in zip(*parts, strict=True)]
         maps += self.wave_maps(maps[-1], masks[len(maps) :])
         if not hierarchical:
             return maps[-1], masks[-1]
@@ -108,7 +131,7 @@ class SparseWaveEncoder(nn.Module):
             active = coarser_active(active)
             sparse = stem.strided_from_dense(visible_input, active, 2)
         else:
-            sparse = stem(visible_voxels_to_sparse(x, active, dtype=dtype))
+            sparse = stem(visible_voxels_to_sparse(x, active, dtype=dtype), batch)
         maps = []
         for i, stage in enumerate(self.conv_stages):
             stride = 2 ** (i + 1)
@@ -117,7 +140,7 @@ class SparseWaveEncoder(nn.Module):
                     active = coarser_active(active)
                     sparse = stage.down.strided_from_dense(maps[-1], active, stride, sparse.coordinate_manager)
                 else:
-                    sparse = stage.down(sparse)
-            sparse = stage.run_blocks(sparse)
+                    sparse = stage.down(sparse, batch)
+            sparse = stage.run_blocks(sparse, batch)
             maps.append(sparse_to_dense(sparse, batch, size // stride))
         return maps

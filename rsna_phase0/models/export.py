@@ -1,15 +1,15 @@
 """Export the encoder for fine-tuning: sparse (MinkowskiEngine) weights -> a plain PyTorch DenseEncoder.
 
-Kernels map to Conv3d weights by models/kernel_layout.py (MinkowskiEngine's offset order, measured and tested).
-MinkowskiBatchNorm wraps BatchNorm1d as `.bn`; BatchNorm3d takes the same tensors. Nothing here imports
-MinkowskiEngine: it works on state dicts.
+Kernels map to Conv3d weights by models/kernel_layout.py (MinkowskiEngine's offset order, measured and tested);
+every other tensor keeps its name (the per-sample norms and the WaveFormer stages are the same modules). Nothing here
+imports MinkowskiEngine: it works on state dicts. Version 2 is the pretrainer v2 encoder (per-sample normalisation,
+background inactive, DWT levels fixed per stage); version 1 files (BatchNorm) are refused with the reason.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -18,10 +18,10 @@ from torch import nn
 from rsna_phase0.atomic import write_atomic
 from rsna_phase0.models.dense_encoder import DenseEncoder
 from rsna_phase0.models.kernel_layout import minkowski_kernel_to_conv3d
-from rsna_phase0.presets import Preset
+from rsna_phase0.presets import Preset, preset_from_dict
 
 EXPORT_FORMAT = "rsna_phase0.dense_encoder"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 
 
 def dense_state_from_sparse(encoder_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -30,17 +30,9 @@ def dense_state_from_sparse(encoder_state: Mapping[str, torch.Tensor]) -> dict[s
     for key, value in encoder_state.items():
         if key.endswith("conv.kernel"):
             out[key[: -len("kernel")] + "weight"] = minkowski_kernel_to_conv3d(value)
-        elif ".norm.bn." in key:
-            out[key.replace(".norm.bn.", ".norm.")] = value
         else:
             out[key] = value
     return out
-
-
-def preset_from_dict(data: Mapping) -> Preset:
-    known = {f.name for f in fields(Preset)}
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
-    return Preset(**values)
 
 
 def _encoder_state(source) -> tuple[Preset, dict[str, torch.Tensor]]:
@@ -95,7 +87,10 @@ def load_dense_encoder(path: str | os.PathLike, map_location: str | torch.device
     if not isinstance(payload, Mapping) or payload.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{path}: not an rsna_phase0 dense encoder export (format {EXPORT_FORMAT!r} expected)")
     if payload.get("version") != EXPORT_VERSION:
-        raise ValueError(f"{path}: export version {payload.get('version')} but this code reads {EXPORT_VERSION}")
+        raise ValueError(
+            f"{path}: export version {payload.get('version')} but this code reads {EXPORT_VERSION} (version 1 is the "
+            "BatchNorm encoder of before pretrainer v2: pre-train again, its checkpoints do not fit this model)"
+        )
     encoder = DenseEncoder(preset_from_dict(payload["preset"]))
     encoder.load_state_dict(payload["state_dict"], strict=True)
     return encoder.eval()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from rsna_phase0.models.decoder import decoder_widths
-from rsna_phase0.models.waveformer import dwt_levels
+from rsna_phase0.models.geometry import size_multiple, stage_dwt_levels
 from rsna_phase0.presets import Preset
 
 
@@ -23,13 +23,14 @@ class StageShape:
 
 def stage_shapes(preset: Preset) -> list[StageShape]:
     shapes = []
+    levels_per_stage = stage_dwt_levels(preset)
     for i, dim in enumerate(preset.stage_dims):
         stride = 2 ** (i + 1)
         size = preset.input_size // stride
         if i < preset.sparse_stages:
             kind, detail = "sparse (MinkowskiEngine)", f"{preset.stage_depths[i]} x k3 submanifold conv"
         else:
-            levels = dwt_levels(size, preset.attention_grid)
+            levels = levels_per_stage[i]
             tokens = size // 2**levels
             kind = "WaveFormer"
             detail = f"{preset.stage_depths[i]} blocks, Haar DWT x{levels}, attention on {tokens}^3 tokens, {dim // preset.head_dim} heads"
@@ -68,7 +69,46 @@ def activation_bytes(model: torch.nn.Module, batch) -> int:
     return sum(seen.values())
 
 
-def describe(preset: Preset, measure: bool = True, modality: str = "mri") -> list[str]:
+def step_peak_memory(preset: Preset, batch_size: int, device: str, amp: str, modality: str = "mri") -> dict:
+    """Peak GPU memory of real training steps (forward, backward, AdamW) at `batch_size` regions, under `amp`."""
+    from rsna_phase0.models.pretrainer import Pretrainer
+    from rsna_phase0.models.synthetic import synthetic_batch
+    from rsna_phase0.training.amp import autocast, make_scaler, resolve_amp
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        raise ValueError("peak memory of a training step is measured on a CUDA device (--device cuda)")
+    torch.manual_seed(0)
+    model = Pretrainer(preset).to(dev)
+    mode = resolve_amp(amp, dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = make_scaler(mode)
+    batch = synthetic_batch(preset, batch_size, modality=modality, content="blobs").to(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    for _ in range(2):  # the second step holds AdamW's state too
+        with autocast(mode, dev):
+            loss = model(batch)["loss"]
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize(dev)
+    return {
+        "batch": batch_size,
+        "amp": mode.name,
+        "peak_gib": torch.cuda.max_memory_allocated(dev) / 2**30,
+        "gpu": torch.cuda.get_device_name(dev),
+    }
+
+
+def describe(
+    preset: Preset,
+    measure: bool = True,
+    modality: str = "mri",
+    device: str = "cpu",
+    amp: str = "auto",
+    batch_sizes: tuple[int, ...] = (),
+) -> list[str]:
     """Lines of text for `model-info`."""
     from rsna_phase0.models.pretrainer import Pretrainer
     from rsna_phase0.models.synthetic import synthetic_batch
@@ -89,6 +129,10 @@ def describe(preset: Preset, measure: bool = True, modality: str = "mri") -> lis
     for s in stage_shapes(preset):
         lines.append(f"  stage {s.stage}: {s.channels} x {s.size}^3 (stride {s.stride}), {s.kind}: {s.detail}")
     lines.append(f"  decoder widths, coarsest to stride 1: {decoder_widths(preset)}")
+    lines.append(
+        f"  input sizes: every side a multiple of {size_multiple(preset)} (pre-trained at {preset.input_size}^3; the "
+        "Haar levels stay fixed for fine-tuning sizes)"
+    )
     if measure:
         batch = synthetic_batch(preset, 1, modality=modality, content="noise")
         total = activation_bytes(model, batch)
@@ -97,4 +141,10 @@ def describe(preset: Preset, measure: bool = True, modality: str = "mri") -> lis
             f"activation memory per sample (1 global + {preset.n_local} local views, {modality}, float32, measured "
             f"on this machine): {total / 2**20:,.0f} MiB; bf16 autocast roughly halves the dense parts",
         ]
+    for size in batch_sizes:
+        peak = step_peak_memory(preset, size, device, amp, modality)
+        lines.append(
+            f"peak GPU memory of a training step at batch {size} ({peak['amp']}, {modality}, {peak['gpu']}): "
+            f"{peak['peak_gib']:.2f} GiB"
+        )
     return lines

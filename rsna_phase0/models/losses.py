@@ -2,8 +2,10 @@
 
 Reconstruction (SparK / MAE "norm_pix"): the target is the input itself, each patch normalised by its own mean
 and variance (per channel: CT's three windows have different statistics); the squared error is averaged over the
-voxels of a patch and then over the hidden patches only. Nothing the encoder computes is a target, so there is
-nothing to collapse to.
+voxels of a patch and then over the hidden patches that carry something to learn: a patch that is mostly zero
+padding or air (thin CT slabs in a fixed-size region, heads in a corner) or near-constant (normalised by its own
+std, it is unit-variance noise) is left out, and the share of hidden patches and of their error left out is
+reported. Nothing the encoder computes is a target, so there is nothing to collapse to.
 
 Alignment (MiM): a local view k of region i covers the box local_boxes[i, k] of the global view. The global view
 hides most of that box, so its encoder features there are zeros; its decoder features are not (they are what the
@@ -13,6 +15,8 @@ predictor. Loss: BYOL's 2 - 2 cos.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +65,41 @@ def masked_patch_mse(prediction: torch.Tensor, image: torch.Tensor, mask: torch.
     return (errors * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def patch_foreground(image: torch.Tensor, patch: int, threshold: float = 0.0) -> torch.Tensor:
+    """(B, g, g, g) share of each patch's voxels with some channel above `threshold` (not padding or air)."""
+    above = (image > threshold).any(dim=1, keepdim=True).float()
+    return patchify(above, patch).mean(dim=(1, -1))
+
+
+def informative_patches(
+    image: torch.Tensor, patch: int, min_foreground: float, min_std: float, threshold: float = 0.0
+) -> torch.Tensor:
+    """(B, g, g, g) bool: patches with at least `min_foreground` of their voxels above background and some
+    channel's std at least `min_std` (the patches the reconstruction loss counts)."""
+    std = patchify(image.float(), patch).std(dim=-1, unbiased=False).amax(dim=1)
+    return (patch_foreground(image, patch, threshold) >= min_foreground) & (std >= min_std)
+
+
+class Reconstruction(NamedTuple):
+    loss: torch.Tensor  # mean error over hidden informative patches (0 when there is none)
+    excluded_patches: torch.Tensor  # share of hidden patches left out (padding, air, near-constant)
+    excluded_error: torch.Tensor  # share of the summed hidden-patch error those patches would have added
+
+
+def reconstruction(
+    prediction: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, patch: int, counted: torch.Tensor
+) -> Reconstruction:
+    """The reconstruction term over hidden patches that are `counted`, with what was left out (detached)."""
+    errors = masked_patch_errors(prediction, image, patch)
+    hidden, kept = mask.float(), (mask & counted).float()
+    loss = (errors * kept).sum() / kept.sum().clamp_min(1.0)
+    with torch.no_grad():
+        left_out = hidden - kept
+        share = left_out.sum() / hidden.sum().clamp_min(1.0)
+        error_share = (errors * left_out).sum() / (errors * hidden).sum().clamp_min(1e-12)
+    return Reconstruction(loss, share, error_share)
+
+
 def pool_boxes(feature: torch.Tensor, boxes: torch.Tensor, box_patches: int, cells_per_patch: int) -> torch.Tensor:
     """Mean of `feature` (B, D, r, r, r) over each box (B, K, 3 origins in patch units) -> (B*K, D)."""
     b, k = boxes.shape[:2]
@@ -76,3 +115,17 @@ def pool_boxes(feature: torch.Tensor, boxes: torch.Tensor, box_patches: int, cel
 def alignment_loss(child: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
     """BYOL-style 2 - 2 cos, averaged; the parent is detached here whatever the caller passed."""
     return (2 - 2 * F.cosine_similarity(child.float(), parent.detach().float(), dim=-1)).mean()
+
+
+def alignment_separation(child: torch.Tensor, parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(matched, shuffled) mean cosine similarity of each child (N, D) with its own parent and with the other
+    children's parents: the alignment term means something only where matched clearly exceeds shuffled on
+    held-out data. Detached (a diagnostic)."""
+    with torch.no_grad():
+        c = F.normalize(child.float(), dim=-1)
+        p = F.normalize(parent.float(), dim=-1)
+        sims = c @ p.T
+        n = sims.shape[0]
+        matched = sims.diagonal().mean()
+        shuffled = (sims.sum() - sims.diagonal().sum()) / max(n * n - n, 1)
+    return matched, shuffled

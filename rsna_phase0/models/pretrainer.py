@@ -1,11 +1,16 @@
 """The Phase-0 pre-trainer, top to bottom: MiM levels through one sparse encoder and one SparK decoder.
 
 One forward takes a MiMBatch (rsna_phase0/batch.py), already masked in input space by rsna_phase0/masking.py:
-the global views and the local views of each region go through the encoder together (one coordinate manager,
-BatchNorm statistics over both levels), are densified and decoded, and give
-  recon_global, recon_local: per-patch-normalised voxel MSE on hidden patches of each level (models/losses.py);
+the global views and the local views of each region go through the encoder together (every normalisation is per
+sample, and the sparse stages run one MinkowskiEngine pass per level, so no view's output depends on another
+view's content, to the last bit), are densified and decoded, and give
+  recon_global, recon_local: per-patch-normalised voxel MSE on the hidden, informative patches of each level
+    (models/losses.py);
   align: cross-level alignment, local view (child) vs the global view's box (parent, detached);
-  loss = global_loss_weight * recon_global + local_loss_weight * recon_local + align_loss_weight * align.
+  loss = global_loss_weight * recon_global + local_loss_weight * recon_local + align_loss_weight * align;
+and diagnostics (detached, never in the loss): `excluded_patches` / `excluded_error`, the share of hidden patches
+and of their error left out as padding, air or near-constant; `align_matched` / `align_shuffled`, the mean cosine
+similarity of each child with its own parent and with other children's parents.
 """
 
 from __future__ import annotations
@@ -18,16 +23,20 @@ from rsna_phase0.models.decoder import SparkDecoder, decoder_widths
 from rsna_phase0.models.encoder import SparseWaveEncoder
 from rsna_phase0.models.losses import (
     alignment_loss,
-    masked_patch_mse,
+    alignment_separation,
+    informative_patches,
     patch_statistics,
     patchify,
     pool_boxes,
+    reconstruction,
     unpatchify,
 )
 from rsna_phase0.models.masks import mask_at_stride
 from rsna_phase0.presets import Preset
 
 ALIGN_LEVEL = 1  # decoder map used for alignment: stride patch_size / 2
+LOSS_TERMS = ("loss", "recon_global", "recon_local", "align")
+DIAGNOSTICS = ("excluded_patches", "excluded_error", "align_matched", "align_shuffled")
 
 
 class AlignmentPredictor(nn.Module):
@@ -51,32 +60,72 @@ class Pretrainer(nn.Module):
         self.align_predictor = AlignmentPredictor(decoder_widths(preset)[ALIGN_LEVEL])
 
     def _run(self, batch: MiMBatch):
-        batch.validate()
+        batch.validate(self.preset.channels(batch.modality))
         p = self.preset
         size = batch.global_image.shape[-1]
         if size != p.input_size or batch.local_image.shape[-1] != p.input_size:
             raise ValueError(f"views of {size}^3 voxels do not match preset {p.name} (input_size {p.input_size})")
+        features = self.encode(batch)
+        return self.decoder(features.maps, features.masks, batch.modality)
+
+    def encode(self, batch: MiMBatch):
+        """Encoder features of the global views (first B rows) and the local views, one sparse pass per level."""
         images = torch.cat([batch.global_image, batch.local_image])
         masks = torch.cat([batch.global_mask, batch.local_mask])
-        features = self.encoder(images, masks, batch.modality)
-        return self.decoder(features.maps, features.masks, batch.modality)
+        groups = [batch.batch_size, batch.local_image.shape[0]]
+        return self.encoder(images, masks, batch.modality, sparse_groups=groups)
 
     def forward(self, batch: MiMBatch) -> dict[str, torch.Tensor]:
         return self.losses(batch, self._run(batch))
 
+    def counted_patches(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, g, g, g) bool: the patches of these views that the reconstruction loss counts when hidden."""
+        p = self.preset
+        threshold = p.background_threshold if p.background_threshold is not None else 0.0
+        return informative_patches(image, p.patch_size, p.min_patch_foreground, p.min_patch_std, threshold)
+
     def losses(self, batch: MiMBatch, decoded) -> dict[str, torch.Tensor]:
-        """The loss terms from the decoder's output on this batch (split out so benchmarks can time the parts)."""
+        """The loss terms and diagnostics from the decoder's output on this batch (split out so benchmarks can time
+        the parts)."""
         p = self.preset
         b = batch.batch_size
         prediction = decoded.prediction
-        recon_global = masked_patch_mse(prediction[:b], batch.global_image, batch.global_mask, p.patch_size)
-        recon_local = masked_patch_mse(prediction[b:], batch.local_image, batch.local_mask, p.patch_size)
+        levels = (
+            reconstruction(
+                prediction[:b],
+                batch.global_image,
+                batch.global_mask,
+                p.patch_size,
+                self.counted_patches(batch.global_image),
+            ),
+            reconstruction(
+                prediction[b:],
+                batch.local_image,
+                batch.local_mask,
+                p.patch_size,
+                self.counted_patches(batch.local_image),
+            ),
+        )
         align_map = decoded.features[ALIGN_LEVEL]
         parent = pool_boxes(align_map[:b].detach(), batch.local_boxes, p.local_box_patches, 2**ALIGN_LEVEL)
         child = self.align_predictor(align_map[b:].float().mean(dim=(2, 3, 4)))
         align = alignment_loss(child, parent)
+        matched, shuffled = alignment_separation(child, parent)
+        recon_global, recon_local = levels[0].loss, levels[1].loss
         loss = p.global_loss_weight * recon_global + p.local_loss_weight * recon_local + p.align_loss_weight * align
-        return {"loss": loss, "recon_global": recon_global, "recon_local": recon_local, "align": align}
+        # both levels weighted by their hidden patches, as a user reads "the share of the loss left out"
+        n_global, n_local = batch.global_mask.sum(), batch.local_mask.sum()
+        total = (n_global + n_local).clamp_min(1)
+        return {
+            "loss": loss,
+            "recon_global": recon_global,
+            "recon_local": recon_local,
+            "align": align,
+            "excluded_patches": (levels[0].excluded_patches * n_global + levels[1].excluded_patches * n_local) / total,
+            "excluded_error": (levels[0].excluded_error + levels[1].excluded_error) / 2,
+            "align_matched": matched,
+            "align_shuffled": shuffled,
+        }
 
     @torch.no_grad()
     def reconstruct(self, batch: MiMBatch) -> dict[str, torch.Tensor]:

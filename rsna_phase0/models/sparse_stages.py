@@ -4,8 +4,13 @@ Active voxels are those of visible patches, minus background (every channel <= t
 `background_threshold`, when set). Inactive voxels are never gathered, so hidden content cannot reach any output.
 Submanifold k3 convolutions keep the active set; k2 s2 convolutions go down a scale, where a cell is active when
 any of its 2^3 children is (a patch-aligned mask stays exact: each output cell reads cells of one patch only).
-BatchNorm statistics are over active voxels. Every layer at a stride shares one coordinate manager, so the kernel
-map of each stride is built once per batch and reused forward and backward.
+
+Normalisation is per sample, over that sample's active voxels (nnssl's InstanceNorm over visible voxels), never
+over the batch: the MiM levels share a batch, and the local views' visible voxels are what the global view hides,
+so batch statistics would let a view's features depend on its own hidden content. It is the same in training and
+evaluation (no running statistics), so the dense export computes the same function on any input. Every layer at a
+stride shares one coordinate manager, so the kernel map of each stride is built once per batch and reused forward
+and backward.
 
 A k2 s2 step can run as one dense Conv3d on a map that is zero wherever no voxel is active, read at the active
 output cells (`SparseConvBN.strided_from_dense`): the same sums as MinkowskiEngine's, on the layer's own kernel,
@@ -36,7 +41,32 @@ def convolution_mode(name: str):
         raise ValueError(f"unknown sparse_conv_mode {name!r}; use default, copy_gemm or direct_gemm") from None
 
 
-class SparseConvBN(nn.Module):
+NORM_EPS = 1e-5
+
+
+class ActiveInstanceNorm(nn.Module):
+    """Per sample and channel: (x - mean) / sqrt(var + eps) * weight + bias, moments over the sample's active voxels.
+
+    Works on a SparseTensor's features (N, C) with each row's sample index; models/dense_encoder.py computes the
+    same on a dense map and its active mask. Parameter names match there, so the export copies them.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x, batch_size: int):
+        feats, sample = x.F, x.C[:, 0].long()
+        count = feats.new_zeros(batch_size).index_add_(0, sample, feats.new_ones(len(sample))).clamp_min(1.0)
+        mean = feats.new_zeros(batch_size, feats.shape[1]).index_add_(0, sample, feats) / count[:, None]
+        centred = feats - mean[sample]
+        var = feats.new_zeros(batch_size, feats.shape[1]).index_add_(0, sample, centred.square()) / count[:, None]
+        out = centred * torch.rsqrt(var[sample] + NORM_EPS) * self.weight + self.bias
+        return ME.SparseTensor(out, coordinate_map_key=x.coordinate_map_key, coordinate_manager=x.coordinate_manager)
+
+
+class SparseConvNorm(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, kernel_size: int, stride: int, conv_mode: str = "default") -> None:
         super().__init__()
         self.conv = ME.MinkowskiConvolution(
@@ -47,10 +77,10 @@ class SparseConvBN(nn.Module):
             dimension=3,
             convolution_mode=convolution_mode(conv_mode),
         )
-        self.norm = ME.MinkowskiBatchNorm(out_dim)
+        self.norm = ActiveInstanceNorm(out_dim)
 
-    def forward(self, x):
-        return self.norm(self.conv(x))
+    def forward(self, x, batch_size: int):
+        return self.norm(self.conv(x), batch_size)
 
     def strided_from_dense(self, dense: torch.Tensor, active_out: torch.Tensor, out_stride: int, manager=None):
         """This k2 s2 layer on `dense` (B, C, r, r, r), zero wherever no input voxel is active, as one dense conv
@@ -60,19 +90,19 @@ class SparseConvBN(nn.Module):
             raise ValueError("strided_from_dense is for the k2 s2 layers only")
         weight = minkowski_kernel_to_conv3d(self.conv.kernel)
         out = F.conv3d(dense.to(weight.dtype), weight, stride=2)
-        return self.norm(dense_to_sparse(out, active_out, out_stride, manager))
+        return self.norm(dense_to_sparse(out, active_out, out_stride, manager), dense.shape[0])
 
 
 class SparseResidualBlock(nn.Module):
-    """x + GELU(BN(submanifold k3 conv(x))): one conv per block keeps the costly sparse stages shallow."""
+    """x + GELU(norm(submanifold k3 conv(x))): one conv per block keeps the costly sparse stages shallow."""
 
     def __init__(self, dim: int, conv_mode: str = "default") -> None:
         super().__init__()
-        self.conv_bn = SparseConvBN(dim, dim, kernel_size=3, stride=1, conv_mode=conv_mode)
+        self.conv_norm = SparseConvNorm(dim, dim, kernel_size=3, stride=1, conv_mode=conv_mode)
         self.act = ME.MinkowskiGELU()
 
-    def forward(self, x):
-        return x + self.act(self.conv_bn(x))
+    def forward(self, x, batch_size: int):
+        return x + self.act(self.conv_norm(x, batch_size))
 
 
 class SparseStage(nn.Module):
@@ -80,17 +110,17 @@ class SparseStage(nn.Module):
 
     def __init__(self, in_dim: int | None, dim: int, depth: int, conv_mode: str = "default") -> None:
         super().__init__()
-        self.down = SparseConvBN(in_dim, dim, kernel_size=2, stride=2) if in_dim is not None else None
+        self.down = SparseConvNorm(in_dim, dim, kernel_size=2, stride=2) if in_dim is not None else None
         self.blocks = nn.ModuleList(SparseResidualBlock(dim, conv_mode) for _ in range(depth))
 
-    def forward(self, x):
+    def forward(self, x, batch_size: int):
         if self.down is not None:
-            x = self.down(x)
-        return self.run_blocks(x)
+            x = self.down(x, batch_size)
+        return self.run_blocks(x, batch_size)
 
-    def run_blocks(self, x):
+    def run_blocks(self, x, batch_size: int):
         for block in self.blocks:
-            x = block(x)
+            x = block(x, batch_size)
         return x
 
 

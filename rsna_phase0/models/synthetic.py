@@ -7,8 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rsna_phase0.batch import MODALITY_CHANNELS, MiMBatch
-from rsna_phase0.masking import choose_local_boxes, random_patch_mask
+from rsna_phase0.batch import MiMBatch
+from rsna_phase0.masking import choose_local_boxes, patch_foreground_share, random_patch_mask
 from rsna_phase0.presets import Preset
 
 
@@ -35,7 +35,7 @@ def synthetic_batch(
 ) -> MiMBatch:
     """A MiMBatch of `batch_size` regions with `preset.n_local` local views each ("blobs" or "noise" content)."""
     rng = np.random.default_rng(seed)
-    channels = MODALITY_CHANNELS[modality]
+    channels = preset.channels(modality)
     s, g, box, scale = preset.input_size, preset.grid, preset.local_box_patches, preset.local_scale
     globals_, global_masks, locals_, local_masks, boxes = [], [], [], [], []
     for _ in range(batch_size):
@@ -46,8 +46,10 @@ def synthetic_batch(
         else:
             raise ValueError(f"unknown synthetic content {content!r}; use 'blobs' or 'noise'")
         global_mask = random_patch_mask(g, preset.global_mask_ratio, rng)
-        origins = choose_local_boxes(global_mask, box, preset.n_local, rng)
-        globals_.append(F.avg_pool3d(region[None], scale)[0])
+        global_view = F.avg_pool3d(region[None], scale)[0]
+        foreground = patch_foreground_share(global_view.numpy(), preset.patch_size)
+        origins = choose_local_boxes(global_mask, box, preset.n_local, rng, foreground)
+        globals_.append(global_view)
         global_masks.append(torch.from_numpy(global_mask))
         for origin in origins:
             z, y, x = (int(o) * preset.patch_size * scale for o in origin)

@@ -8,8 +8,6 @@ outputs never see hidden content (hidden positions hold zeros, whatever the inpu
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,14 +20,6 @@ class ChannelLayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.movedim(1, -1)).movedim(-1, 1)
-
-
-def dwt_levels(size: int, attention_grid: int) -> int:
-    """DWT levels that bring a `size`^3 map down to at most `attention_grid`^3 low-band tokens."""
-    levels = max(0, math.ceil(math.log2(size / attention_grid))) if size > attention_grid else 0
-    if size % 2**levels:
-        raise ValueError(f"feature map of size {size} cannot be Haar-decomposed {levels} times")
-    return levels
 
 
 def sincos_position_3d(grid: tuple[int, int, int], dim: int, device, dtype) -> torch.Tensor:
@@ -68,9 +58,9 @@ class LowBandAttention(nn.Module):
 
 
 class WaveFormerBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, attention_grid: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, heads: int, levels: int, mlp_ratio: float) -> None:
         super().__init__()
-        self.attention_grid = attention_grid
+        self.levels = levels  # fixed by the preset (models/geometry.py), whatever the input size
         self.norm1 = ChannelLayerNorm(dim)
         self.attn = LowBandAttention(dim, heads)
         self.norm2 = ChannelLayerNorm(dim)
@@ -79,7 +69,9 @@ class WaveFormerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
         """x (B, C, D, H, W); visible (B, 1, D, H, W) float 0/1 or None (everything visible)."""
-        levels = dwt_levels(x.shape[-1], self.attention_grid)
+        levels = self.levels
+        if any(side % 2**levels for side in x.shape[2:]):
+            raise ValueError(f"feature map {tuple(x.shape[2:])} cannot be Haar-decomposed {levels} times")
         h = self.norm1(x)
         if visible is not None:
             h = h * visible
@@ -109,12 +101,12 @@ class WaveFormerBlock(nn.Module):
 class WaveFormerStage(nn.Module):
     """k2 s2 downsampling (a visible output cell only reads cells of its own patch) + WaveFormer blocks."""
 
-    def __init__(self, in_dim: int, dim: int, depth: int, head_dim: int, attention_grid: int, mlp_ratio: float):
+    def __init__(self, in_dim: int, dim: int, depth: int, head_dim: int, levels: int, mlp_ratio: float):
         super().__init__()
         self.down = nn.Conv3d(in_dim, dim, kernel_size=2, stride=2)
         self.down_norm = ChannelLayerNorm(dim)
         heads = dim // head_dim
-        self.blocks = nn.ModuleList(WaveFormerBlock(dim, heads, attention_grid, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(WaveFormerBlock(dim, heads, levels, mlp_ratio) for _ in range(depth))
 
     def forward(self, x: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
         """x at the previous scale; `visible` (B, 1, ...) at this stage's (output) scale, or None."""

@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from rsna_phase0.presets import PRESETS, Preset, get_preset
+from rsna_phase0.presets import PRESETS, Preset, get_preset, parse_tuple_field, tupled
 
 
 @dataclass
@@ -81,7 +81,7 @@ def parse_duration(text: str) -> float:
 def _coerce(key: str, raw, current):
     """A --set or config-file value converted to the type of the field it replaces."""
     if not isinstance(raw, str):
-        return tuple(raw) if isinstance(current, tuple) and isinstance(raw, list) else raw
+        return tupled(raw) if isinstance(current, tuple) and isinstance(raw, list) else raw
     text = raw.strip()
     if isinstance(current, bool):
         if text.lower() in {"1", "true", "yes", "on"}:
@@ -97,7 +97,7 @@ def _coerce(key: str, raw, current):
         if isinstance(current, float):
             return float(text)
         if isinstance(current, tuple):
-            return tuple(int(v) for v in text.strip("()[]").split(",") if v.strip())
+            return parse_tuple_field(key, text, current)
     except ValueError:
         raise ValueError(f"{key}={raw!r}: expected a value like {current!r}") from None
     return text
