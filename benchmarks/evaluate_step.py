@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from throughput_measure import sync as _sync
+from torch.utils.flop_counter import FlopCounterMode
 
 from rsna_phase0.atomic import write_json_atomic
 
@@ -51,7 +52,7 @@ def bench_preset(name: str, args, data_dir: Path) -> dict:
     encoder = export_dense_encoder(Pretrainer(get_preset(name)))
     preset = encoder.preset
     start = time.perf_counter()
-    cases, modality = load_cases(data_dir, "segmentation", "mri", preset.target_spacing_mm)
+    cases, modality = load_cases(data_dir, "segmentation", "mri", preset, "MRA")
     load_s = (time.perf_counter() - start) / len(cases)
     side = inference_side([c.shape for c in cases], size_multiple(encoder), args.max_inference_size, preset.input_size)
     runtime = Runtime(device, resolve_amp(args.amp, device), side)
@@ -60,7 +61,9 @@ def bench_preset(name: str, args, data_dir: Path) -> dict:
     for mode in ("full", "probe"):
         model = build_model("segmentation", mode, modality, copy.deepcopy(encoder), seed=0)
         sampler = SegmentationCrops(cases, preset.input_size, np.random.default_rng(0))
-        finetune(model, sampler, "segmentation", Budget(2, batch, 1e-3, 1e-3), runtime)  # warm-up
+        with FlopCounterMode(display=False) as flops:  # the warm-up steps, counted
+            finetune(model, sampler, "segmentation", Budget(2, batch, 1e-3, 1e-3), runtime)
+        out[f"{mode}_step_gflop"] = flops.get_total_flops() / 2 / 1e9
         _sync(device)
         start = time.perf_counter()
         finetune(model, sampler, "segmentation", Budget(args.steps, batch, 1e-3, 1e-3), runtime)
@@ -68,7 +71,9 @@ def bench_preset(name: str, args, data_dir: Path) -> dict:
         out[f"{mode}_step_s"] = (time.perf_counter() - start) / args.steps
         if device.type == "cuda":
             out[f"{mode}_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    score(model, cases[:1], "segmentation", runtime)  # warm-up
+    with FlopCounterMode(display=False) as flops:  # the warm-up case, counted
+        score(model, cases[:1], "segmentation", runtime)
+    out["score_gflop_per_case"] = flops.get_total_flops() / 1e9
     _sync(device)
     start = time.perf_counter()
     score(model, cases, "segmentation", runtime)
@@ -114,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         results["presets"] = [bench_preset(name, args, Path(tmp)) for name in args.preset]
     for r in results["presets"]:
         print(
-            f"{r['preset']}: batch {r['batch_size']}, amp {r['amp']}: full step {r['full_step_s'] * 1e3:.0f} ms, "
-            f"probe step {r['probe_step_s'] * 1e3:.0f} ms, scoring {r['score_s_per_case'] * 1e3:.0f} ms a case "
+            f"{r['preset']}: batch {r['batch_size']}, amp {r['amp']}: full step {r['full_step_s'] * 1e3:.0f} ms "
+            f"({r['full_step_gflop']:.0f} GFLOP), probe step {r['probe_step_s'] * 1e3:.0f} ms "
+            f"({r['probe_step_gflop']:.0f} GFLOP), scoring {r['score_s_per_case'] * 1e3:.0f} ms a case "
+            f"({r['score_gflop_per_case']:.0f} GFLOP) "
             f"(cube {r['inference_side']}), reading {r['load_s'] * 1e3:.0f} ms a case; plan: {r['plan']['fine_tunes']} "
             f"fine-tunes of {r['plan']['steps']} steps + scoring {r['plan']['held_out']} cases each = "
             f"{r['plan']['seconds']:.0f} s"

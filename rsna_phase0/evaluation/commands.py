@@ -62,7 +62,19 @@ def _modes(value: str) -> tuple[str, ...]:
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True)
-@click.option("--modality", type=click.Choice(["auto", "mri", "ct"]), default="auto", show_default=True)
+@click.option(
+    "--modality",
+    type=click.Choice(["auto", "mri", "ct"]),
+    default="auto",
+    show_default=True,
+    help="auto: 3-D images are MRI, 3-window vector images CT (pass ct for CT in Hounsfield units)",
+)
+@click.option(
+    "--mri-sequence",
+    default=None,
+    help="MRI sequence whose clipping percentile applies (e.g. MRA: p99.99, so vessels do not saturate); "
+    "default: each image's folder name, as in pre-training",
+)
 @click.option(
     "--max-inference-size",
     type=click.IntRange(min=8),
@@ -91,6 +103,7 @@ def evaluate(encoder: Path, data_dir: Path, task: str, out_dir: Path | None, **o
         device=options["device"],
         amp=options["amp"],
         modality=options["modality"],
+        mri_sequence=options["mri_sequence"],
         max_inference_size=options["max_inference_size"],
     )
     out_dir = out_dir or Path(f"evaluate_{task}")

@@ -21,13 +21,14 @@ from rsna_phase0.atomic import write_json_atomic
 from rsna_phase0.evaluation import DEFAULT_LR, DEFAULT_STEPS
 from rsna_phase0.evaluation.cases import find_cases
 from rsna_phase0.evaluation.finetune import Budget, Runtime, build_model, finetune, random_encoder, score
-from rsna_phase0.evaluation.geometry import check_input_side, inference_side, size_multiple
+from rsna_phase0.evaluation.geometry import inference_side, size_multiple
 from rsna_phase0.evaluation.heads import MODES
 from rsna_phase0.evaluation.metrics import mean_sd
 from rsna_phase0.evaluation.preprocess import Case, detect_modality, load_case
 from rsna_phase0.evaluation.sampling import ClassificationVolumes, SegmentationCrops
 from rsna_phase0.evaluation.split import holdout_split, label_subset
 from rsna_phase0.models.export import load_dense_encoder
+from rsna_phase0.presets import Preset
 from rsna_phase0.training.amp import resolve_amp
 
 RESULTS_FORMAT = "rsna_phase0.evaluate"
@@ -51,6 +52,7 @@ class EvaluateSettings:
     device: str = "auto"
     amp: str = "auto"
     modality: str = "auto"
+    mri_sequence: str | None = None  # None: each image's folder name, as pre-training reads it
     max_inference_size: int = 128
 
 
@@ -62,11 +64,13 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def load_cases(data_dir, task: str, modality: str, target_mm: float) -> tuple[list[Case], str]:
+def load_cases(
+    data_dir, task: str, modality: str, preset: Preset, mri_sequence: str | None = None
+) -> tuple[list[Case], str]:
     files = find_cases(data_dir, task)
     if modality == "auto":
         modality = detect_modality(files[0].image)
-    return [load_case(f, modality, target_mm) for f in files], modality
+    return [load_case(f, modality, preset, mri_sequence) for f in files], modality
 
 
 def summarise(runs: list[dict], task: str) -> list[dict]:
@@ -94,7 +98,7 @@ def run_evaluation(
     preset = pretrained.preset
     device = resolve_device(settings.device)
     amp = resolve_amp(settings.amp, device)
-    cases, modality = load_cases(data_dir, task, settings.modality, preset.target_spacing_mm)
+    cases, modality = load_cases(data_dir, task, settings.modality, preset, settings.mri_sequence)
     by_name = {c.name: c for c in cases}
     positive = {c.name: c.aneurysm for c in cases}
     train, test = holdout_split(positive, settings.holdout)
@@ -103,7 +107,6 @@ def run_evaluation(
     side = inference_side(
         [c.shape for c in cases], size_multiple(pretrained), settings.max_inference_size, preset.input_size
     )
-    check_input_side(pretrained, side, modality)
     runtime = Runtime(device, amp, side)
     budget = Budget(
         steps=settings.steps,

@@ -9,15 +9,13 @@ each axis, so cropping back is a slice.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from rsna_phase0.batch import MODALITY_CHANNELS
 from rsna_phase0.models.dense_encoder import DenseEncoder
 
 
 def size_multiple(encoder: DenseEncoder) -> int:
-    """What every input side must be a multiple of (becomes `encoder.size_multiple` when that lands on main)."""
-    return encoder.get_downsample_ratio() * 2
+    """What every input side must be a multiple of (the stage strides and the DWT levels the preset fixes)."""
+    return encoder.size_multiple
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -31,19 +29,6 @@ def inference_side(shapes: list[tuple[int, int, int]], multiple: int, cap: int, 
             f"inference cap {cap} must be a multiple of {multiple} and at least the training size {minimum}"
         )
     return min(cap, max(minimum, round_up(max(max(s) for s in shapes), multiple)))
-
-
-def check_input_side(encoder: DenseEncoder, side: int, modality: str) -> None:
-    """One forward of a side^3 input, so a size the encoder cannot take fails before any training, with the fix."""
-    x = torch.zeros(1, MODALITY_CHANNELS[modality], side, side, side)
-    try:
-        with torch.no_grad():
-            encoder(x, modality)
-    except ValueError as exc:
-        raise ValueError(
-            f"the {encoder.preset.name} encoder cannot take a {side}^3 input ({exc}); pass --max-inference-size "
-            f"with a size it takes, e.g. its pre-training size {encoder.preset.input_size}"
-        ) from exc
 
 
 def pad_to(array: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:

@@ -9,7 +9,7 @@ every voxel the head labels comes through the encoder, which is what is being co
 Classification: the deepest map pooled (mean and max over space: an aneurysm fills a cell or two of the coarsest
 grid, which a mean alone dilutes), LayerNorm, then a linear layer (probe) or a 2-layer MLP (full fine-tune).
 
-Probe mode: the encoder is frozen (no gradients, eval mode so its BatchNorm statistics stay as exported).
+Probe mode: the encoder is frozen (no gradients, and eval mode: nothing in it changes, bit for bit).
 """
 
 from __future__ import annotations

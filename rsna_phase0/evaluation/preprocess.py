@@ -1,7 +1,9 @@
 """Read one case exactly as pre-training reads a volume, and its label map onto the same grid.
 
-Image: rsna_phase0.data.readers.read_volume (validation, RAS), rsna_phase0.data.intensity.normalize, then
-rsna_phase0.data.resample.resample_to_spacing to the encoder preset's target_spacing_mm. Label map: it must have the
+Image: rsna_phase0.data.readers.read_volume (validation, RAS), rsna_phase0.data.intensity.normalize with the
+encoder preset's intensity settings (MRI: the upper percentile of the image's sequence, which pre-training reads
+from the folder name and a caller may name instead; CT: its windows), then
+rsna_phase0.data.resample.resample_to_spacing to the preset's target_spacing_mm. Label map: it must have the
 image's spatial shape and affine and hold only 0, 1, 2; it is reoriented like the image and resampled
 nearest-neighbour with the same scale factors (torch "nearest-exact" samples the voxel centre that the trilinear
 image resampling interpolates around), so image and labels stay voxel for voxel aligned.
@@ -9,16 +11,17 @@ image resampling interpolates around), so image and labels stay voxel for voxel 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import nibabel as nib
 import numpy as np
 
 from rsna_phase0.data.errors import VolumeError
-from rsna_phase0.data.intensity import normalize
+from rsna_phase0.data.intensity import Intensity, normalize
 from rsna_phase0.data.readers import check_file, read_volume, to_ras
 from rsna_phase0.data.resample import at_target, resample_to_spacing
 from rsna_phase0.evaluation.cases import ANEURYSM, LABEL_VALUES, CaseFiles
+from rsna_phase0.presets import Preset
 
 AFFINE_TOLERANCE_MM = 1e-3
 
@@ -91,10 +94,19 @@ def read_label_map(path, image_header: nib.Nifti1Image) -> np.ndarray:
     return np.ascontiguousarray(labels[..., 0])
 
 
-def load_case(files: CaseFiles, modality: str, target_mm: float) -> Case:
+def case_intensity(preset: Preset, mri_sequence: str | None) -> Intensity:
+    """The preset's intensity settings; with `mri_sequence` (e.g. MRA), that sequence's percentile for every MRI."""
+    intensity = Intensity.from_preset(preset)
+    if mri_sequence is None:
+        return intensity
+    return replace(intensity, mri_upper_percentile=preset.mri_percentile(mri_sequence), mri_sequence_percentiles=())
+
+
+def load_case(files: CaseFiles, modality: str, preset: Preset, mri_sequence: str | None = None) -> Case:
     """The preprocessed image (and label map) of one case; VolumeError naming the file for anything unusable."""
+    target_mm = preset.target_spacing_mm
     volume = read_volume(files.image, modality)
-    image = normalize(volume.array, modality, volume.path)
+    image = normalize(volume.array, modality, volume.path, case_intensity(preset, mri_sequence))
     image, _ = resample_to_spacing(image, volume.spacing, target_mm)
     label, aneurysm = None, files.aneurysm
     if files.label_map is not None:
