@@ -27,6 +27,7 @@ from rsna_phase0.evaluation.metrics import mean_sd
 from rsna_phase0.evaluation.preprocess import Case, detect_modality, load_case
 from rsna_phase0.evaluation.sampling import ClassificationVolumes, SegmentationCrops
 from rsna_phase0.evaluation.split import holdout_split, label_subset
+from rsna_phase0.models.dense_encoder import DenseEncoder
 from rsna_phase0.models.export import load_dense_encoder
 from rsna_phase0.presets import Preset
 from rsna_phase0.training.amp import resolve_amp
@@ -88,104 +89,131 @@ def summarise(runs: list[dict], task: str) -> list[dict]:
     return rows
 
 
-def run_evaluation(
-    encoder_path, data_dir, settings: EvaluateSettings, out_dir, echo: Callable[[str], None] = print
-) -> dict:
-    """Run the grid and write OUT/evaluate.json as it goes; returns the final payload (see report.py for the rest)."""
-    started = time.perf_counter()
-    task = settings.task
+@dataclass
+class Plan:
+    """What every fine-tune of one evaluate call shares."""
+
+    task: str
+    pretrained: DenseEncoder
+    modality: str
+    cases: dict[str, Case]
+    train: list[str]
+    test: list[str]
+    budget: Budget
+    runtime: Runtime
+
+
+def make_plan(encoder_path, data_dir, settings: EvaluateSettings) -> Plan:
+    """Load the encoder and the cases, split them, and fix the budget, device and inference cube."""
     pretrained = load_dense_encoder(encoder_path, map_location="cpu")
     preset = pretrained.preset
     device = resolve_device(settings.device)
     amp = resolve_amp(settings.amp, device)
-    cases, modality = load_cases(data_dir, task, settings.modality, preset, settings.mri_sequence)
+    cases, modality = load_cases(data_dir, settings.task, settings.modality, preset, settings.mri_sequence)
+    train, test = holdout_split({c.name: c.aneurysm for c in cases}, settings.holdout)
     by_name = {c.name: c for c in cases}
-    positive = {c.name: c.aneurysm for c in cases}
-    train, test = holdout_split(positive, settings.holdout)
-    if task == "classification" and len({positive[n] for n in test}) < 2:
+    if settings.task == "classification" and len({by_name[n].aneurysm for n in test}) < 2:
         raise ValueError(f"the {len(test)} held-out cases hold one class only: AUC needs heads with and without")
-    side = inference_side(
-        [c.shape for c in cases], size_multiple(pretrained), settings.max_inference_size, preset.input_size
-    )
-    runtime = Runtime(device, amp, side)
+    multiple = size_multiple(pretrained)
+    side = inference_side([c.shape for c in cases], multiple, settings.max_inference_size, preset.input_size)
     budget = Budget(
         steps=settings.steps,
         batch_size=settings.batch_size or preset.batch_size,
         lr=settings.lr,
         encoder_lr=settings.encoder_lr if settings.encoder_lr is not None else settings.lr,
     )
-    test_cases = [by_name[n] for n in test]
+    return Plan(settings.task, pretrained, modality, by_name, train, test, budget, Runtime(device, amp, side))
+
+
+def settings_record(plan: Plan, settings: EvaluateSettings, encoder_path, data_dir) -> dict:
+    """Every setting that shaped the figures, as JSON."""
+    preset, device = plan.pretrained.preset, plan.runtime.device
+    return {
+        **asdict(settings),
+        "holdout": settings.holdout if isinstance(settings.holdout, int) else str(settings.holdout),
+        "encoder": str(encoder_path),
+        "data": str(data_dir),
+        "preset": preset.name,
+        "modality": plan.modality,
+        "target_spacing_mm": preset.target_spacing_mm,
+        "crop_size": preset.input_size,
+        "inference_side": plan.runtime.side,
+        "budget": {**asdict(plan.budget), "warmup_steps": plan.budget.warmup_steps},
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "amp": plan.runtime.amp.name,
+        "torch": torch.__version__,
+    }
+
+
+def fine_tune_and_score(plan: Plan, seed: int, fraction: float, subset: list[str], mode: str, init: str) -> dict:
+    """One arm: a fresh head on the pretrained encoder (a copy) or a random one; its held-out figures."""
+    started = time.perf_counter()
+    pretrained = plan.pretrained
+    encoder = copy.deepcopy(pretrained) if init == "pretrained" else random_encoder(pretrained, seed)
+    model = build_model(plan.task, mode, plan.modality, encoder, seed)
+    data_rng = np.random.default_rng([seed, round(fraction * 1_000_000)])  # the same for both inits and modes
+    train_cases = [plan.cases[n] for n in subset]
+    if plan.task == "segmentation":
+        sampler = SegmentationCrops(train_cases, pretrained.preset.input_size, data_rng)
+    else:
+        sampler = ClassificationVolumes(train_cases, plan.runtime.side, data_rng)
+    losses = finetune(model, sampler, plan.task, plan.budget, plan.runtime)
+    metrics = score(model, [plan.cases[n] for n in plan.test], plan.task, plan.runtime)
+    tail = max(1, len(losses) // 10)
+    return {
+        "seed": seed,
+        "label_fraction": fraction,
+        "n_train": len(subset),
+        "mode": mode,
+        "init": init,
+        "metrics": metrics,
+        "loss_first": float(np.mean(losses[:tail])),
+        "loss_last": float(np.mean(losses[-tail:])),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def run_evaluation(
+    encoder_path, data_dir, settings: EvaluateSettings, out_dir, echo: Callable[[str], None] = print
+) -> dict:
+    """Run the grid and write OUT/evaluate.json as it goes; returns the final payload (see report.py for the rest)."""
+    started = time.perf_counter()
+    plan = make_plan(encoder_path, data_dir, settings)
+    record = settings_record(plan, settings, encoder_path, data_dir)
     payload = {
         "format": RESULTS_FORMAT,
         "version": RESULTS_VERSION,
         "complete": False,
-        "task": task,
-        "headline": HEADLINE[task],
-        "settings": {
-            **asdict(settings),
-            "holdout": str(settings.holdout) if not isinstance(settings.holdout, int) else settings.holdout,
-            "encoder": str(encoder_path),
-            "data": str(data_dir),
-            "preset": preset.name,
-            "modality": modality,
-            "target_spacing_mm": preset.target_spacing_mm,
-            "crop_size": preset.input_size,
-            "inference_side": side,
-            "budget": {**asdict(budget), "warmup_steps": budget.warmup_steps},
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "amp": amp.name,
-            "torch": torch.__version__,
-        },
-        "split": {"train": train, "test": test},
+        "task": plan.task,
+        "headline": HEADLINE[plan.task],
+        "settings": record,
+        "split": {"train": plan.train, "test": plan.test},
         "subsets": [],
         "runs": [],
     }
-    out_dir = Path(out_dir)
-    results_path = out_dir / "evaluate.json"
+    results_path = Path(out_dir) / "evaluate.json"
     echo(
-        f"{task} on {len(cases)} {modality} cases ({len(train)} train, {len(test)} held out), preset {preset.name}, "
-        f"{settings.seeds} seeds x fractions {list(settings.label_fractions)} x modes {list(settings.modes)} x "
-        f"{list(INITS)}: {budget.steps} steps of batch {budget.batch_size} each, on {payload['settings']['device']} "
-        f"(amp {amp.name}), inference cube {side}"
+        f"{plan.task} on {len(plan.cases)} {plan.modality} cases ({len(plan.train)} train, {len(plan.test)} held "
+        f"out), preset {record['preset']}, {settings.seeds} seeds x fractions {list(settings.label_fractions)} x "
+        f"modes {list(settings.modes)} x {list(INITS)}: {plan.budget.steps} steps of batch {plan.budget.batch_size} "
+        f"each, on {record['device']} (amp {record['amp']}), inference cube {plan.runtime.side}"
     )
+    positive = {name: case.aneurysm for name, case in plan.cases.items()}
     for seed in range(settings.seeds):
         for fraction in settings.label_fractions:
-            subset = label_subset(train, positive, fraction, seed)
+            subset = label_subset(plan.train, positive, fraction, seed)
             payload["subsets"].append({"seed": seed, "label_fraction": fraction, "cases": subset})
-            train_cases = [by_name[n] for n in subset]
             for mode in settings.modes:
                 for init in INITS:
-                    t0 = time.perf_counter()
-                    encoder = copy.deepcopy(pretrained) if init == "pretrained" else random_encoder(pretrained, seed)
-                    model = build_model(task, mode, modality, encoder, seed)
-                    data_rng = np.random.default_rng([seed, round(fraction * 1_000_000)])
-                    sampler = (
-                        SegmentationCrops(train_cases, preset.input_size, data_rng)
-                        if task == "segmentation"
-                        else ClassificationVolumes(train_cases, side, data_rng)
-                    )
-                    losses = finetune(model, sampler, task, budget, runtime)
-                    metrics = score(model, test_cases, task, runtime)
-                    tail = max(1, len(losses) // 10)
-                    run = {
-                        "seed": seed,
-                        "label_fraction": fraction,
-                        "n_train": len(subset),
-                        "mode": mode,
-                        "init": init,
-                        "metrics": metrics,
-                        "loss_first": float(np.mean(losses[:tail])) if losses else None,
-                        "loss_last": float(np.mean(losses[-tail:])) if losses else None,
-                        "seconds": round(time.perf_counter() - t0, 2),
-                    }
+                    run = fine_tune_and_score(plan, seed, fraction, subset, mode, init)
                     payload["runs"].append(run)
                     write_json_atomic(results_path, payload)
-                    shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+                    shown = ", ".join(f"{k} {v:.3f}" for k, v in run["metrics"].items())
                     echo(
                         f"seed {seed} labels {fraction:g} ({len(subset)}) {mode:5s} {init:10s} {shown} "
                         f"(loss {run['loss_first']:.3f} -> {run['loss_last']:.3f}, {run['seconds']:.1f} s)"
                     )
-    payload["summary"] = summarise(payload["runs"], task)
+    payload["summary"] = summarise(payload["runs"], plan.task)
     payload["complete"] = True
     payload["seconds"] = round(time.perf_counter() - started, 1)
     write_json_atomic(results_path, payload)

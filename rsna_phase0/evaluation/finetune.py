@@ -35,6 +35,12 @@ class Budget:
     encoder_lr: float
     weight_decay: float = 1e-4
 
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"a fine-tune needs at least 1 step of at least 1 sample (got {self.steps}, {self.batch_size})"
+            )
+
     @property
     def warmup_steps(self) -> int:
         return min(50, self.steps // 10)
@@ -108,11 +114,10 @@ def finetune(model: DownstreamModel, sampler, task: str, budget: Budget, runtime
         scaler.update()
         schedule.step()
         losses.append(loss.detach())
-    values = torch.stack(losses).tolist() if losses else []  # one host sync at the end, not one a step
-    if not all(math.isfinite(v) for v in values):
-        raise FloatingPointError(
-            f"fine-tune diverged: non-finite loss at step {next(i for i, v in enumerate(values) if not math.isfinite(v))}"
-        )
+    values = torch.stack(losses).tolist()  # one host sync at the end, not one a step
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"the fine-tune diverged: non-finite loss from step {bad[0]} (lower --lr, or try --amp off)")
     return values
 
 
