@@ -10,6 +10,7 @@ import click
 from rsna_phase0.container.commands import docker
 from rsna_phase0.data.commands import data
 from rsna_phase0.env.commands import check_env
+from rsna_phase0.evaluation.commands import evaluate
 from rsna_phase0.models.commands import model_info
 from rsna_phase0.training.commands import export_encoder, train
 
@@ -20,5 +21,5 @@ def main() -> None:
     """Phase-0 self-supervised pre-training for the RSNA 2025 aneurysm challenge."""
 
 
-for command in (check_env, data, model_info, train, export_encoder, docker):
+for command in (check_env, data, model_info, train, export_encoder, evaluate, docker):
     main.add_command(command)

@@ -73,17 +73,18 @@ def _vessel_path(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.nd
     return start + direction * (t - 0.5) * 0.5 * np.asarray(shape) + wiggle
 
 
-def synth_mri(
-    rng: np.random.Generator, kind: str, shape: tuple[int, int, int] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """One (X, Y, Z) float32 head MRI of `kind` (MRI_T1, MRI_T2, MRA) and its spacing (shape random if None)."""
-    shape = tuple(int(n) for n in rng.integers(70, 111, 3)) if shape is None else tuple(shape)
-    spacing = rng.uniform(0.8, 1.2, 3).astype(np.float32)
+# tissue codes of a head map (index into a per-modality intensity table)
+AIR, SCALP, SKULL, CSF, GREY, WHITE = range(6)
+
+
+def head_tissues(rng: np.random.Generator, shape: tuple[int, int, int], spacing: np.ndarray):
+    """The head anatomy without vessels: (tissue code map (X, Y, Z) uint8, brain mask, ellipsoid centre and axes in
+    mm, normalised coordinates (x, y, z) for smooth fields). MRI and the labelled heads share it."""
     grid = _grid(shape, spacing)
     extent = np.asarray(shape) * spacing
     axes = extent * rng.uniform(0.36, 0.45, 3)
-    r = _ellipsoid_radius(grid, rng.uniform(-0.03, 0.03, 3) * extent, axes)
-    scalp, skull, csf, grey, white, vessel = _MRI_TISSUE[kind]
+    centre = rng.uniform(-0.03, 0.03, 3) * extent
+    r = _ellipsoid_radius(grid, centre, axes)
     x = grid[0][:, None, None] / axes[0]
     y = grid[1][None, :, None] / axes[1]
     z = grid[2][None, None, :] / axes[2]
@@ -91,28 +92,45 @@ def synth_mri(
     folds = (
         0.05 * np.sin(freq[0] * x + rng.uniform(0, 6)) * np.sin(freq[1] * y) * np.sin(freq[2] * z + rng.uniform(0, 6))
     )
-    image = np.zeros(shape, np.float32)
-    image[r <= 1.0] = scalp
-    image[r <= 0.93] = skull
-    image[r <= 0.86] = csf
-    image[r <= 0.83 + folds] = grey
-    image[r <= 0.66 + folds] = white
+    tissues = np.zeros(shape, np.uint8)
+    tissues[r <= 1.0] = SCALP
+    tissues[r <= 0.93] = SKULL
+    tissues[r <= 0.86] = CSF
+    tissues[r <= 0.83 + folds] = GREY
+    tissues[r <= 0.66 + folds] = WHITE
     for side in (-1, 1):
-        centre = np.array([side * 0.12, rng.uniform(-0.05, 0.1), rng.uniform(0.0, 0.1)]) * extent
+        vent_centre = np.array([side * 0.12, rng.uniform(-0.05, 0.1), rng.uniform(0.0, 0.1)]) * extent
         vent_axes = np.array([0.05, 0.22, 0.1]) * extent * rng.uniform(0.8, 1.2, 3)
-        image[_ellipsoid_radius(grid, centre, vent_axes) <= 1.0] = csf
-    brain = r <= 0.83
+        tissues[_ellipsoid_radius(grid, vent_centre, vent_axes) <= 1.0] = CSF
+    return tissues, r <= 0.83, centre, axes, (x, y, z)
+
+
+def mri_bias_noise_scale(rng: np.random.Generator, image: np.ndarray, coords) -> np.ndarray:
+    """A smooth bias field, mild noise on the head, then a random OpenMind-like intensity scale and offset."""
+    x, y, z = coords
+    coeffs = rng.uniform(-0.15, 0.15, 3)
+    bias = 1.0 + coeffs[0] * x + coeffs[1] * y + coeffs[2] * z * x
+    image = image * bias + rng.normal(0, 0.015, image.shape).astype(np.float32) * (image > 0)
+    image = np.clip(image, 0, None)
+    scale = float(np.exp(rng.uniform(0, np.log(520))))
+    offset = float(rng.uniform(-7, 0)) if scale > 10 else 0.0
+    return (image * scale + offset).astype(np.float32)
+
+
+def synth_mri(
+    rng: np.random.Generator, kind: str, shape: tuple[int, int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One (X, Y, Z) float32 head MRI of `kind` (MRI_T1, MRI_T2, MRA) and its spacing (shape random if None)."""
+    shape = tuple(int(n) for n in rng.integers(70, 111, 3)) if shape is None else tuple(shape)
+    spacing = rng.uniform(0.8, 1.2, 3).astype(np.float32)
+    tissues, brain, _, _, coords = head_tissues(rng, shape, spacing)
+    *table, vessel = _MRI_TISSUE[kind]
+    image = np.array([0.0, *table], np.float32)[tissues]
     for _ in range(int(rng.integers(4, 8))):
         tube = np.zeros(shape, np.float32)
         _stamp_tube(tube, _vessel_path(rng, shape), rng.uniform(1.0, 2.2), 1.0)
         image[(tube > 0) & brain] = vessel
-    coeffs = rng.uniform(-0.15, 0.15, 3)
-    bias = 1.0 + coeffs[0] * x + coeffs[1] * y + coeffs[2] * z * x
-    image = image * bias + rng.normal(0, 0.015, shape).astype(np.float32) * (image > 0)
-    image = np.clip(image, 0, None)
-    scale = float(np.exp(rng.uniform(0, np.log(520))))
-    offset = float(rng.uniform(-7, 0)) if scale > 10 else 0.0
-    return (image * scale + offset).astype(np.float32), spacing
+    return mri_bias_noise_scale(rng, image, coords), spacing
 
 
 def synth_ct_hu(rng: np.random.Generator, shape: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
