@@ -32,6 +32,7 @@ def test_two_process_ddp_equals_one_process_accumulating_and_resumes_at_world_si
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "world size 2" in done.stderr and "reached max_steps=3" in done.stderr
     assert done.stderr.count("[train] preflight") == 1  # rank 0 reports, rank 1 stays quiet
+    assert "no unused-parameter search" in done.stderr  # DDP without find_unused_parameters (the idle stem is touched)
     state = load_checkpoint(ddp_run / "last.pt")
     assert state["world_size"] == 2 and state["position"] == {"epoch": 0, "batch": 6}
 

@@ -22,6 +22,10 @@ import torch
 import torch.nn.functional as F
 
 NORM_EPS = 1e-6
+LOSS_TERMS = ("loss", "recon_global", "recon_local", "align")
+# logged with the loss terms, never optimised: the share of hidden patches (and of their error) left out of the loss,
+# and the alignment's matched against shuffled similarity
+DIAGNOSTICS = ("excluded_patches", "excluded_error", "align_matched", "align_shuffled")
 
 
 def patchify(volume: torch.Tensor, patch: int) -> torch.Tensor:

@@ -21,7 +21,9 @@ from torch import nn
 from rsna_phase0.batch import MiMBatch
 from rsna_phase0.models.decoder import SparkDecoder, decoder_widths
 from rsna_phase0.models.encoder import SparseWaveEncoder
-from rsna_phase0.models.losses import (
+from rsna_phase0.models.losses import (  # noqa: F401  (LOSS_TERMS, DIAGNOSTICS: the keys forward() returns)
+    DIAGNOSTICS,
+    LOSS_TERMS,
     alignment_loss,
     alignment_separation,
     informative_patches,
@@ -35,8 +37,6 @@ from rsna_phase0.models.masks import mask_at_stride
 from rsna_phase0.presets import Preset
 
 ALIGN_LEVEL = 1  # decoder map used for alignment: stride patch_size / 2
-LOSS_TERMS = ("loss", "recon_global", "recon_local", "align")
-DIAGNOSTICS = ("excluded_patches", "excluded_error", "align_matched", "align_shuffled")
 
 
 class AlignmentPredictor(nn.Module):

@@ -55,45 +55,20 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def convert_sync_batchnorm(model: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, list[str]]:
-    """Batch statistics across GPUs: MinkowskiEngine's and torch's batch norms become their synchronised forms.
-
-    Only on CUDA (torch's SyncBatchNorm needs it); with gloo on the CPU each process keeps its own statistics.
-    """
-    converted: list[str] = []
-    if device.type != "cuda":
-        return model, converted
-    counts_before = _count_norms(model)
-    try:
-        import MinkowskiEngine as ME
-
-        model = ME.MinkowskiSyncBatchNorm.convert_sync_batchnorm(model)
-    except ImportError:
-        pass
-    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for name, count in counts_before.items():
-        if count:
-            converted.append(f"{count} {name}")
-    return model, converted
-
-
-def _count_norms(model: torch.nn.Module) -> dict[str, int]:
-    counts = {"torch BatchNorm": 0, "MinkowskiBatchNorm": 0}
-    for module in model.modules():
-        kind = type(module).__name__
-        if kind.startswith("BatchNorm"):
-            counts["torch BatchNorm"] += 1
-        elif kind == "MinkowskiBatchNorm":
-            counts["MinkowskiBatchNorm"] += 1
-    return counts
-
-
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
-    # The MRI and CT stems are each unused by every batch of the other modality, so DDP must look for unused
-    # parameters. device_ids stays None: batches are moved to the device by the loop (MiMBatch is not a tensor).
-    return DistributedDataParallel(model, device_ids=None, find_unused_parameters=True, broadcast_buffers=True)
+    # Every parameter takes part in every backward (the trainer calls the Pretrainer with touch_idle under DDP), so
+    # DDP needs no unused-parameter search (a graph traversal per step) and its buckets overlap the all-reduce with
+    # the backward; gradients are views into the buckets (no copy). No buffers to broadcast: every normalisation is
+    # per sample. device_ids stays None: batches are moved to the device by the loop (MiMBatch is not a tensor).
+    return DistributedDataParallel(
+        model,
+        device_ids=None,
+        find_unused_parameters=False,
+        broadcast_buffers=False,
+        gradient_as_bucket_view=True,
+    )
 
 
 def all_reduce_mean(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
@@ -102,6 +77,15 @@ def all_reduce_mean(values: list[float], device: torch.device, info: DistInfo) -
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return (tensor / info.world_size).tolist()
+
+
+def all_reduce_max_each(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
+    """Element-wise maximum over ranks."""
+    if not info.enabled:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
 
 
 def all_reduce_max(value: float, device: torch.device, info: DistInfo) -> float:

@@ -83,7 +83,7 @@ def describe_weekly_budget(flops: StepFlops, regions_per_step: int, measured_ste
     measured = f"; measured here {measured_step_s:.3f} s/step" if measured_step_s else ""
     return (
         f"Kaggle: {WEEKLY_T4_HOURS:g} T4 GPU-hours = ~{one['epochs']:.1f} epochs of {USERS_VOLUMES:,} volumes on one "
-        f"T4 (~{two['epochs']:.1f} on T4 x2 at perfect scaling), from {one['tflop_per_step']:.2f} TFLOP per step of "
+        f"T4 (~{two['epochs']:.1f} on T4 x2 at perfect scaling), from {one['tflop_per_step']:.3g} TFLOP per step of "
         f"{regions_per_step} regions counted here at {T4_SUSTAINED_FLOPS / 1e12:g} TFLOP/s fp16 sustained (an "
-        f"estimate: ~{one['t4_step_s']:.2f} s/step on a T4{measured})"
+        f"estimate: ~{one['t4_step_s']:.3g} s/step on a T4{measured})"
     )

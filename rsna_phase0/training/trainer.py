@@ -20,15 +20,16 @@ from pathlib import Path
 
 import torch
 
+from rsna_phase0.models.losses import DIAGNOSTICS, LOSS_TERMS
 from rsna_phase0.training import checkpoint as ckpt
 from rsna_phase0.training import faults
 from rsna_phase0.training.amp import autocast, make_scaler, resolve_amp
 from rsna_phase0.training.config import preset_from_config, resume_conflicts, settings_from_config
 from rsna_phase0.training.distributed import (
     all_reduce_max,
+    all_reduce_max_each,
     all_reduce_mean,
     barrier,
-    convert_sync_batchnorm,
     dist_info_from_env,
     init_distributed,
     shutdown_distributed,
@@ -44,11 +45,12 @@ from rsna_phase0.training.preflight import (
     scan_data,
     smoke_step,
 )
+from rsna_phase0.training.preview import PREVIEW_NAME, preview_batches, write_preview
 from rsna_phase0.training.rng import capture_rng, restore_rng, seed_everything
 from rsna_phase0.training.schedule import WarmupCosine
 from rsna_phase0.training.survival import ExitCode, StopRequest, TimeBudget, Watchdog
 
-TERMS = ("loss", "recon_global", "recon_local", "align")
+TERMS = LOSS_TERMS + DIAGNOSTICS  # what metrics.jsonl records per step and per validation
 # reasons the loop stops before the plan ends, in order of precedence when several ranks disagree
 STOP_NONE, STOP_MAX_STEPS, STOP_BUDGET, STOP_SIGNAL = 0, 1, 2, 3
 
@@ -156,6 +158,7 @@ class Trainer:
         self.last_saved_step = -1
         self.env_report: dict = {}
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.is_main)
+        self._preview = None  # the fixed validation batches the preview is drawn on
 
     # ------------------------------------------------------------------ setup
 
@@ -212,7 +215,8 @@ class Trainer:
             )
             self._build_data(manifest)
             self._build_model()
-            smoke_step(report, self.model, self._smoke_batches(), self.device, self.amp)
+            smoke_batches = self._smoke_batches()
+            smoke_step(report, self.model, smoke_batches, self.device, self.amp)
         except PreflightError:
             if self.is_main:
                 print(report.render(), file=sys.stderr, flush=True)
@@ -234,7 +238,20 @@ class Trainer:
             elapsed_s=self.budget.elapsed(),
         )
         if self.is_main:
+            self._weekly_budget(report, smoke_batches, step_s)
             print(report.render(), file=sys.stderr, flush=True)
+
+    def _weekly_budget(self, report: PreflightReport, batches: dict, step_s: float) -> None:
+        """What 30 T4 GPU-hours buy with these settings (training/t4_budget.py), from one region's counted FLOPs."""
+        from rsna_phase0.training.t4_budget import StepFlops, count_step_flops, describe_weekly_budget
+
+        batch = batches.get("mri") or next(iter(batches.values()))
+        one = batch.split(batch.batch_size)[0].to(self.device)
+        with autocast(self.amp, self.device):
+            counted = count_step_flops(self.model, one)
+        regions = self.preset.batch_size * self.settings.accum_steps
+        flops = StepFlops(counted.dense * regions, counted.sparse * regions)
+        report.add("kaggle", describe_weekly_budget(flops, regions, step_s or None))
 
     def _build_data(self, manifest) -> None:
         from rsna_phase0.data.pipeline import PretrainData
@@ -259,11 +276,7 @@ class Trainer:
     def _build_model(self) -> None:
         from rsna_phase0.models.pretrainer import Pretrainer
 
-        model = Pretrainer(self.preset)
-        if self.dist.enabled:
-            model, converted = convert_sync_batchnorm(model, self.device)
-            if converted:
-                self.report.add("ddp", f"synchronised batch norm: {', '.join(converted)}")
+        model = Pretrainer(self.preset)  # per-sample normalisation only: nothing to synchronise across GPUs
         self.model = model.to(self.device)
         self.amp = resolve_amp(self.settings.amp, self.device)
         params = sum(p.numel() for p in self.model.parameters())
@@ -291,7 +304,14 @@ class Trainer:
         total = s.epochs * self.steps_per_epoch()
         self.scheduler = WarmupCosine(self.optimizer, p.lr, p.warmup_steps, total, s.min_lr_ratio)
         self.scaler = make_scaler(self.amp)
-        self.ddp_model = wrap_ddp(self.model, self.device) if self.dist.enabled else self.model
+        self.ddp_model = self.model
+        if self.dist.enabled:
+            self.ddp_model = wrap_ddp(self.model, self.device)
+            self.report.add(
+                "ddp",
+                f"{self.dist.world_size} ranks; every parameter in every backward (no unused-parameter search), "
+                "per-sample normalisation (no statistics to synchronise)",
+            )
 
     def batches_per_step(self) -> int:
         return self.dist.world_size * self.settings.accum_steps
@@ -391,6 +411,7 @@ class Trainer:
                 self._back_off(batches, exc)
         values = all_reduce_mean([sums[t] for t in TERMS], self.device, self.dist)
         terms = dict(zip(TERMS, values, strict=True))
+        self._drop_idle_gradients(batches)
         grad_norm = float("nan")
         finite = math.isfinite(terms["loss"])
         if finite:
@@ -416,10 +437,24 @@ class Trainer:
         terms["grad_norm"] = grad_norm
         return terms
 
+    def _drop_idle_gradients(self, batches: list) -> None:
+        """Under DDP every parameter gets a gradient (Pretrainer touch_idle); a modality that no rank's batch of
+        this step held gets None back, so AdamW leaves its stem and head alone, as on one process."""
+        if not self.dist.enabled:
+            return
+        held = [float(any(b.modality == m for b in batches)) for m in self.preset.modality_channels]
+        for modality, anywhere in zip(
+            self.preset.modality_channels, all_reduce_max_each(held, self.device, self.dist), strict=True
+        ):
+            if not anywhere:
+                for param in self.model.modality_parameters(modality):
+                    param.grad = None
+
     def _accumulate(self, batches: list) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         self.ddp_model.train()
         sums = {t: torch.zeros((), device=self.device) for t in TERMS}
+        counted = {t: torch.zeros((), device=self.device) for t in DIAGNOSTICS}  # weight of finite diagnostics
         micro_list = []
         for batch in batches:
             parts = min(self.micro_splits, batch.batch_size)
@@ -432,13 +467,20 @@ class Trainer:
                 faults.maybe_oom(micro.batch_size)
                 micro = micro.to(self.device, non_blocking=True)
                 with autocast(self.amp, self.device):
-                    out = self.ddp_model(micro)
+                    out = self.ddp_model(micro, touch_idle=self.dist.enabled)
                 loss = out["loss"].float()
                 if faults.nan_at_step(self.step + 1):
                     loss = loss * float("nan")
                 self.scaler.scale(loss * weight).backward()
-            for t in TERMS:
+            for t in LOSS_TERMS:
                 sums[t] += (loss if t == "loss" else out[t].detach().float()).detach() * weight
+            for t in DIAGNOSTICS:  # NaN where undefined (alignment negatives in a micro-batch of one region)
+                value = out[t].detach().float()
+                finite = torch.isfinite(value)
+                sums[t] += torch.where(finite, value, 0.0) * weight
+                counted[t] += finite.float() * weight
+        for t in DIAGNOSTICS:
+            sums[t] = sums[t] / counted[t]  # NaN when no micro-batch defined it
         return {t: float(v) for t, v in sums.items()}
 
     def _back_off(self, batches: list, exc: BaseException) -> None:
@@ -559,6 +601,8 @@ class Trainer:
                 names.append(ckpt.BEST)
         if self.is_main:
             log(f"epoch {self.epoch}: {train_part}{val_part}")
+        if self.is_main:
+            self._write_preview()
         self.epoch += 1
         self.position = 0
         self.save(names)
@@ -569,6 +613,20 @@ class Trainer:
                 self.run_dir / "loss_curve.png",
                 f"{self.preset.name}: {self.run_dir.name}",
             )
+
+    def _write_preview(self) -> None:
+        """The reconstruction preview (training/preview.py) on the first validation batch of each modality."""
+        if self._preview is None:
+            self._preview = preview_batches(b.to(self.device) for b in self.data.val_batches())
+        if write_preview(
+            self.model,
+            self._preview,
+            self.run_dir / PREVIEW_NAME,
+            f"{self.preset.name}: {self.run_dir.name}, epoch {self.epoch}, step {self.step}",
+        ):
+            return
+        if self.epoch == 0:
+            log(f"no validation volumes: {PREVIEW_NAME} is not drawn")
 
     def _loop(self) -> tuple[ExitCode, str]:
         s = self.settings
