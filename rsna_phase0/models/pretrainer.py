@@ -29,9 +29,11 @@ from rsna_phase0.models.losses import (
     patchify,
     pool_boxes,
     reconstruction,
+    reconstruction_in_patches,
     unpatchify,
 )
 from rsna_phase0.models.masks import mask_at_stride
+from rsna_phase0.models.speedups import COMPILE_DENSE, PATCH_SPACE_LOSS
 from rsna_phase0.presets import Preset
 
 ALIGN_LEVEL = 1  # decoder map used for alignment: stride patch_size / 2
@@ -58,6 +60,17 @@ class Pretrainer(nn.Module):
         self.encoder = SparseWaveEncoder(preset)
         self.decoder = SparkDecoder(preset)
         self.align_predictor = AlignmentPredictor(decoder_widths(preset)[ALIGN_LEVEL])
+        self.level_loss = reconstruction_in_patches if PATCH_SPACE_LOSS in preset.speedups else None
+        if COMPILE_DENSE in preset.speedups:
+            self.compile_dense_parts()
+
+    def compile_dense_parts(self) -> None:
+        """torch.compile the WaveFormer stages, the decoder and the loss in place (nn.Module.compile keeps the
+        parameter names); the MinkowskiEngine stages stay eager."""
+        for stage in self.encoder.wave_stages:
+            stage.compile()
+        self.decoder.compile()
+        self.level_loss = torch.compile(self.level_loss or reconstruction_in_patches)
 
     def _run(self, batch: MiMBatch):
         batch.validate(self.preset.channels(batch.modality))
@@ -90,22 +103,19 @@ class Pretrainer(nn.Module):
         p = self.preset
         b = batch.batch_size
         prediction = decoded.prediction
-        levels = (
-            reconstruction(
-                prediction[:b],
-                batch.global_image,
-                batch.global_mask,
-                p.patch_size,
-                self.counted_patches(batch.global_image),
-            ),
-            reconstruction(
-                prediction[b:],
-                batch.local_image,
-                batch.local_mask,
-                p.patch_size,
-                self.counted_patches(batch.local_image),
-            ),
+        views = (
+            (prediction[:b], batch.global_image, batch.global_mask),
+            (prediction[b:], batch.local_image, batch.local_mask),
         )
+        if self.level_loss is not None:
+            threshold = p.background_threshold if p.background_threshold is not None else 0.0
+            limits = (p.patch_size, p.min_patch_foreground, p.min_patch_std, threshold)
+            levels = tuple(self.level_loss(pred, image, mask, *limits) for pred, image, mask in views)
+        else:
+            levels = tuple(
+                reconstruction(pred, image, mask, p.patch_size, self.counted_patches(image))
+                for pred, image, mask in views
+            )
         align_map = decoded.features[ALIGN_LEVEL]
         parent = pool_boxes(align_map[:b].detach(), batch.local_boxes, p.local_box_patches, 2**ALIGN_LEVEL)
         child = self.align_predictor(align_map[b:].float().mean(dim=(2, 3, 4)))
