@@ -65,10 +65,13 @@ class Pretrainer(nn.Module):
             self.compile_dense_parts()
 
     def compile_dense_parts(self) -> None:
-        """torch.compile the WaveFormer stages, the decoder and the loss in place (nn.Module.compile keeps the
-        parameter names); the MinkowskiEngine stages stay eager."""
+        """torch.compile the WaveFormer blocks, the decoder and the loss in place (nn.Module.compile keeps the
+        parameter names); the MinkowskiEngine stages stay eager. Block by block: the blocks of a stage share one
+        compiled graph (torch >= 2.5 treats parameters as its inputs), so compiling takes a few graphs, not one
+        per block."""
         for stage in self.encoder.wave_stages:
-            stage.compile()
+            for block in stage.blocks:
+                block.compile()
         self.decoder.compile()
         self.level_loss = torch.compile(self.level_loss or reconstruction_in_patches)
 

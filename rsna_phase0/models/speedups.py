@@ -5,8 +5,8 @@ measures before and after side by side (benchmarks/profile_step.py). Parameters 
 checkpoints and exports do not depend on the choice.
 
 - `hoisted_invariants`: what every block of a WaveFormer stage shares is computed once: which low-band tokens are
-  keys once per stage, the sine-cosine position code once per grid, width, device and dtype (it was ~40 small ops
-  in every block of every step). Bit-identical.
+  keys once per stage, the sine-cosine position code once per grid, width, device and dtype (together ~50 small
+  ops in every block of every step). Bit-identical.
 - `token_layout`: WaveFormer stages hold their map as (B, D, H, W, C) tokens, so LayerNorm, the MLP and attention
   read it without the movedim copies a (B, C, D, H, W) map costs, and the Haar DWT -> attention on the low band ->
   IDWT runs as the identity it reduces to when only the low band changes (the Haar transform is orthogonal and

@@ -64,10 +64,13 @@ def cached_position_3d(grid: tuple[int, int, int], dim: int, device: torch.devic
 
 
 def low_band_keys(visible: torch.Tensor | None, levels: int) -> torch.Tensor | None:
-    """(B, L) bool: a low-band token is a key when any voxel of its 2^levels block is visible (None: all are)."""
+    """(B, L) bool: a low-band token is a key when any voxel of its 2^levels block is visible (None: all are).
+    A sample with no visible token (never produced by masking.py) attends everywhere instead of NaN; its outputs
+    are zeroed by the caller anyway."""
     if visible is None:
         return None
-    return (F.max_pool3d(visible, 2**levels) if levels else visible).flatten(1) > 0
+    keys = (F.max_pool3d(visible, 2**levels) if levels else visible).flatten(1) > 0
+    return keys | ~keys.any(dim=1, keepdim=True)
 
 
 def _full_precision(x: torch.Tensor) -> torch.Tensor:
@@ -104,14 +107,10 @@ class LowBandAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, tokens: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
+        """tokens (B, L, C); key_valid (B, L) bool with a key in every sample (`low_band_keys`), or None."""
         b, n, c = tokens.shape
         q, k, v = self.qkv(tokens).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        attn_mask = None
-        if key_valid is not None:
-            # a sample with no visible token (never produced by masking.py) attends everywhere instead of NaN;
-            # its outputs are zeroed by the caller anyway
-            key_valid = key_valid | ~key_valid.any(dim=1, keepdim=True)
-            attn_mask = key_valid[:, None, None, :]
+        attn_mask = None if key_valid is None else key_valid[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
@@ -121,6 +120,7 @@ class WaveFormerBlock(nn.Module):
         super().__init__()
         self.levels = levels  # fixed by the preset (models/geometry.py), whatever the input size
         self.cached_position = HOISTED_INVARIANTS in speedups
+        self.token_layout = TOKEN_LAYOUT in speedups
         self.norm1 = ChannelLayerNorm(dim)
         self.attn = LowBandAttention(dim, heads)
         self.norm2 = ChannelLayerNorm(dim)
@@ -139,7 +139,10 @@ class WaveFormerBlock(nn.Module):
         self, x: torch.Tensor, visible: torch.Tensor | None, key_valid: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x (B, C, D, H, W); visible (B, 1, D, H, W) float 0/1 or None (everything visible); `key_valid`,
-        `low_band_keys(visible, levels)`, when the stage computed it once for all its blocks."""
+        `low_band_keys(visible, levels)`, when the stage computed it once for all its blocks. With the token
+        layout, x is (B, D, H, W, C) and visible (B, D, H, W, 1)."""
+        if self.token_layout:
+            return self.forward_tokens(x, visible, key_valid)
         levels = self.levels
         self.check_size(x.shape[2:])
         h = self.norm1(x)
@@ -235,5 +238,5 @@ class WaveFormerStage(nn.Module):
         if visible_tokens is not None:
             tokens = tokens * visible_tokens
         for block in self.blocks:
-            tokens = block.forward_tokens(tokens, visible_tokens, key_valid)
+            tokens = block(tokens, visible_tokens, key_valid)
         return tokens.movedim(-1, 1)
