@@ -119,8 +119,10 @@ def grid_plan(args) -> list[Row]:
                     parse_variant(variant)
                     for encoder in args.encoders:
                         rows.append(Row("ours", preset, batch, amp, variant, encoder, args.mask, args.background))
-                    if args.peer:
-                        rows.append(Row("mae_peer", preset, batch, amp, variant))
+                    # the peer has no speed-ups: one row per batch and autocast, compiled when ours is
+                    peer = Row("mae_peer", preset, batch, amp, "opt+compile" if "+compile" in variant else "opt")
+                    if args.peer and peer not in rows:
+                        rows.append(peer)
     return rows
 
 
