@@ -186,3 +186,54 @@ def test_compiled_dense_parts_match_eager_and_keep_parameter_names():
     for (name, p_e), p_c in zip(eager.named_parameters(), compiled.parameters(), strict=True):
         if p_e.grad is not None:
             torch.testing.assert_close(p_c.grad, p_e.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.gpu
+def test_cuda_token_layout_stage_equals_the_ptwt_stage():
+    reference, tokens = _stages(1, (), ("token_layout",), dim=64)
+    reference, tokens = reference.float().cuda(), tokens.float().cuda()
+    x = torch.randn(4, 16, 32, 32, 32, device="cuda")
+    visible = visible_weight(mask_at_stride(patch_masks(4, 4, 0.6, seed=0), 8, 2)).cuda()
+    with torch.backends.cudnn.flags(enabled=True, deterministic=True, allow_tf32=False):
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            torch.testing.assert_close(tokens(x, visible), reference(x, visible), rtol=1e-4, atol=1e-5)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("speedups", [None, ()], ids=["defaults", "as-before"])
+def test_cuda_dense_parts_of_the_step_never_synchronise_the_host(speedups):
+    """Between the sparse stages (whose nonzero and MinkowskiEngine calls must sync) and the loss, nothing in the
+    step may make the host wait: forward and backward of the WaveFormer stages, decoder and loss under torch's
+    sync debug mode "error". The step as it was (ptwt's filters made from Python lists) does sync."""
+    preset = get_preset("kaggle", n_local=2)
+    preset = preset if speedups is None else preset.with_overrides(speedups=speedups)
+    torch.manual_seed(0)
+    model = Pretrainer(preset).cuda()
+    batch = synthetic_batch(preset, 2, modality="mri", seed=0).to("cuda")
+    images = torch.cat([batch.global_image, batch.local_image])
+    masks = torch.cat([batch.global_mask, batch.local_mask])
+    n = preset.sparse_stages
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        sparse = [m.detach().requires_grad_(True) for m in model.encoder.sparse_maps(images, masks, "mri")]
+        stage_masks = [mask_at_stride(masks, preset.patch_size, 2 ** (i + 1)) for i in range(len(preset.stage_dims))]
+        torch.cuda.synchronize()
+
+        def dense_step():
+            maps = sparse + model.encoder.wave_maps(sparse[-1], stage_masks[n:])
+            loss = model.losses(batch, model.decoder(maps, stage_masks, "mri"))["loss"]
+            loss.backward()
+
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            if speedups == ():
+                with pytest.raises(RuntimeError, match="synchroniz"):
+                    dense_step()
+            else:
+                dense_step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert speedups == () or sparse[-1].grad.abs().sum() > 0
