@@ -237,3 +237,15 @@ def test_cuda_dense_parts_of_the_step_never_synchronise_the_host(speedups):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert speedups == () or sparse[-1].grad.abs().sum() > 0
+
+
+def test_speedups_are_set_from_the_command_line_and_may_change_on_resume():
+    from rsna_phase0.training.config import preset_from_config, resolve_config, resume_conflicts
+
+    before = resolve_config("smoke", set_values={"speedups": "[]"})
+    after = resolve_config("smoke", set_values={"speedups": '["token_layout", "compile_dense"]'})
+    assert preset_from_config(before).speedups == ()
+    assert preset_from_config(after).speedups == ("token_layout", "compile_dense")
+    assert resume_conflicts(before, after) == []
+    old_checkpoint = {**before, "preset": {k: v for k, v in before["preset"].items() if k != "speedups"}}
+    assert resume_conflicts(old_checkpoint, after) == []  # saved before the field existed

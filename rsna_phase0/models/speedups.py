@@ -19,7 +19,10 @@ checkpoints and exports do not depend on the choice.
   patches, patchified once per level, instead of through several voxel <-> patch layout round trips.
   Bit-identical.
 - `compile_dense` (not on by default): torch.compile (nn.Module.compile, so parameter names stay) of the WaveFormer
-  stages, the decoder and the loss: the dense parts between the MinkowskiEngine stages, which stay eager.
+  blocks, the decoder and the loss (in its patch-space form): the dense parts between the MinkowskiEngine stages,
+  which stay eager.
+
+A run may change its speed-ups when it resumes (training/config.py lists `speedups` among the resumable keys).
 """
 
 from __future__ import annotations
