@@ -10,8 +10,8 @@ CPU check of the script (GPU fields null; host operators and sync-prone operator
 
 A row is one model, preset, batch (regions), autocast, variant and encoder:
 - variant `main`: the step as before issue 18 (`Preset.speedups = ()`); `opt`: the preset's speed-ups
-  (rsna_phase0/models/speedups.py); `+compile` adds torch.compile of the dense parts; `+fused` uses
-  AdamW(fused=True), a trainer-side change measured here;
+  (rsna_phase0/models/speedups.py); `+compile` adds torch.compile of the dense parts, `+onepass` one
+  MinkowskiEngine pass over both MiM levels; `+fused` uses AdamW(fused=True), a trainer-side change measured here;
 - encoder `sparse` (MinkowskiEngine) or `masked_dense` (tests/masked_dense_oracle.py: DenseEncoder(mask=...),
   the same weights); optional `mask` (every view re-masked at that ratio) and `background` (`computed`: no
   background threshold, `inactive`: the preset's);
@@ -47,7 +47,7 @@ from rsna_phase0.atomic import write_json_atomic, write_text_atomic  # noqa: E40
 
 VARIANT_BASES = ("main", "opt")
 _BATCHES: dict = {}  # synthetic batches on the host, by preset, batch and overrides
-VARIANT_EXTRAS = ("compile", "fused")
+VARIANT_EXTRAS = ("compile", "fused", "onepass")
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class Row:
 def parse_variant(variant: str) -> tuple[str, set[str]]:
     base, *extras = variant.split("+")
     if base not in VARIANT_BASES or not set(extras) <= set(VARIANT_EXTRAS):
-        raise ValueError(f"variant {variant!r}: write main or opt, optionally +compile and/or +fused")
+        raise ValueError(f"variant {variant!r}: write main or opt, optionally +compile, +fused, +onepass")
     return base, set(extras)
 
 
@@ -106,7 +106,7 @@ def issue18_plan(quick: bool, preset: str = "kaggle") -> list[Row]:
         + oracle
         + [ours(4, amp, "opt", encoder="masked_dense") for amp in ("bf16", "fp16")]
         + [ours(4, "bf16", "opt+compile"), peer(4, "bf16", "opt+compile")]
-        + [ours(4, "bf16", "opt+fused"), ours(32, "bf16", "opt"), peer(32, "bf16")]
+        + [ours(4, "bf16", "opt+fused"), ours(4, "bf16", "opt+onepass"), ours(32, "bf16", "opt"), peer(32, "bf16")]
         + [ours(4, "fp16", "opt+compile"), ours(8, "bf16", "opt+compile")]
     )
 
@@ -148,10 +148,11 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def preset_of(row: Row, overrides: dict | None = None):
-    from rsna_phase0.presets import OPTIONAL_SPEEDUPS, STEP_SPEEDUPS, get_preset
+    from rsna_phase0.presets import STEP_SPEEDUPS, get_preset
 
     base, extras = parse_variant(row.variant)
-    speedups = (() if base == "main" else STEP_SPEEDUPS) + (OPTIONAL_SPEEDUPS if "compile" in extras else ())
+    optional = {"compile": "compile_dense", "onepass": "one_sparse_pass"}
+    speedups = (() if base == "main" else STEP_SPEEDUPS) + tuple(optional[e] for e in sorted(extras & optional.keys()))
     preset = get_preset(row.preset, batch_size=row.batch, speedups=speedups, **(overrides or {}))
     if row.background == "computed":
         preset = preset.with_overrides(background_threshold=None)

@@ -249,7 +249,6 @@ def torch_syncs(step, device: torch.device) -> dict | None:
     """On CUDA: one `step()` under torch's sync debug mode; the synchronisations torch reports, by caller."""
     if device.type != "cuda":
         return None
-    callers = collections.Counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -258,6 +257,12 @@ def torch_syncs(step, device: torch.device) -> dict | None:
         finally:
             torch.cuda.set_sync_debug_mode("default")
         torch.cuda.synchronize(device)
+    return sync_warnings(caught)
+
+
+def sync_warnings(caught) -> dict:
+    """The synchronisation warnings among `caught` (warnings.WarningMessage), counted by where they were raised."""
+    callers = collections.Counter()
     for w in caught:
         if "synchroniz" in str(w.message).lower():
             callers[f"{_short(w.filename)}:{w.lineno}"] += 1

@@ -152,6 +152,17 @@ def test_the_default_step_has_no_host_synchronisation_of_its_own_but_the_sparse_
     assert counts[preset.speedups] == nonzero and sum(nonzero.values()) == 2 * preset.sparse_stages
 
 
+def test_one_sparse_pass_gives_the_same_features_to_rounding():
+    preset = tiny_preset(n_local=2)
+    batch = synthetic_batch(preset, 2, modality="ct", seed=5)
+    torch.manual_seed(0)
+    per_level = Pretrainer(preset)
+    one_pass = Pretrainer(preset.with_overrides(speedups=preset.speedups + ("one_sparse_pass",)))
+    one_pass.load_state_dict(per_level.state_dict())
+    for a, b in zip(per_level.encode(batch).maps, one_pass.encode(batch).maps, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
 def test_presets_reject_unknown_speedups():
     with pytest.raises(ValueError, match="speedups"):
         tiny_preset(speedups=("warp_drive",))

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from mae_peer import MAE3D, parameter_count  # noqa: E402
 from profile_summary import target_lines  # noqa: E402
-from profile_trace import leaf_ops, trace_stats, union_us  # noqa: E402
+from profile_trace import REPO, leaf_ops, sync_warnings, trace_stats, union_us  # noqa: E402
 
 
 def _event(cat, name, ts, dur, tid=1, **args):
@@ -70,6 +70,30 @@ def test_interval_union_and_leaf_operators():
     assert union_us([(0, 10), (5, 15), (20, 30), (21, 22)]) == 25
     nested = [_event("cpu_op", "outer", 0, 100), _event("cpu_op", "inner", 10, 10), _event("cpu_op", "other", 200, 5)]
     assert sorted(e["name"] for e in leaf_ops(nested)) == ["inner", "other"]
+
+
+def test_sync_warnings_are_counted_by_where_they_came_from():
+    import warnings
+
+    def caught(message, path, line):
+        return warnings.WarningMessage(message, UserWarning, path, line)
+
+    model_file = str(REPO / "rsna_phase0" / "models" / "sparse_stages.py")
+    found = sync_warnings(
+        [
+            caught("called a synchronizing CUDA operation", model_file, 143),
+            caught("called a synchronizing CUDA operation", model_file, 143),
+            caught("called a synchronizing CUDA operation", "/x/site-packages/ptwt/conv_transform.py", 33),
+            caught("called a synchronizing CUDA operation", str(REPO / "benchmarks" / "profile_step.py"), 200),
+            caught("something else", model_file, 1),
+        ]
+    )
+    assert found["total"] == 4 and found["in_model"] == 3
+    assert found["by_caller"] == {
+        "rsna_phase0/models/sparse_stages.py:143": 2,
+        "ptwt/conv_transform.py:33": 1,
+        "benchmarks/profile_step.py:200": 1,
+    }
 
 
 def _row(**kw):

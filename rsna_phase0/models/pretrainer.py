@@ -33,7 +33,7 @@ from rsna_phase0.models.losses import (
     unpatchify,
 )
 from rsna_phase0.models.masks import mask_at_stride
-from rsna_phase0.models.speedups import COMPILE_DENSE, PATCH_SPACE_LOSS
+from rsna_phase0.models.speedups import COMPILE_DENSE, ONE_SPARSE_PASS, PATCH_SPACE_LOSS
 from rsna_phase0.presets import Preset
 
 ALIGN_LEVEL = 1  # decoder map used for alignment: stride patch_size / 2
@@ -88,7 +88,7 @@ class Pretrainer(nn.Module):
         """Encoder features of the global views (first B rows) and the local views, one sparse pass per level."""
         images = torch.cat([batch.global_image, batch.local_image])
         masks = torch.cat([batch.global_mask, batch.local_mask])
-        groups = [batch.batch_size, batch.local_image.shape[0]]
+        groups = None if ONE_SPARSE_PASS in self.preset.speedups else [batch.batch_size, batch.local_image.shape[0]]
         return self.encoder(images, masks, batch.modality, sparse_groups=groups)
 
     def forward(self, batch: MiMBatch) -> dict[str, torch.Tensor]:

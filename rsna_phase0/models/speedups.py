@@ -22,6 +22,13 @@ checkpoints and exports do not depend on the choice.
   blocks, the decoder and the loss (in its patch-space form): the dense parts between the MinkowskiEngine stages,
   which stay eager.
 
+- `one_sparse_pass` (not on by default): the sparse stages run once over the global and local views together
+  instead of once per MiM level, which halves MinkowskiEngine's host synchronisations (it synchronises inside
+  every coordinate map, kernel map and convolution). The same function: normalisation is per sample and a kernel
+  map never joins two samples; but a convolution's GEMMs round by the total number of active voxels, so a level's
+  features then depend on the other level's content in their last bits, which tests/test_model_leakage.py forbids
+  for the default.
+
 A run may change its speed-ups when it resumes (training/config.py lists `speedups` among the resumable keys).
 """
 
@@ -31,3 +38,4 @@ HOISTED_INVARIANTS = "hoisted_invariants"
 TOKEN_LAYOUT = "token_layout"
 PATCH_SPACE_LOSS = "patch_space_loss"
 COMPILE_DENSE = "compile_dense"
+ONE_SPARSE_PASS = "one_sparse_pass"
