@@ -46,8 +46,8 @@ from throughput_measure import autocast, device_from, sync  # noqa: E402
 from rsna_phase0.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 
 VARIANT_BASES = ("main", "opt")
-_BATCHES: dict = {}  # synthetic batches on the host, by preset, batch and overrides
 VARIANT_EXTRAS = ("compile", "fused", "onepass")
+_BATCHES: dict = {}  # synthetic batches on the host, by preset, batch and overrides
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Row:
     preset: str
     batch: int  # regions; each gives 1 + n_local views
     amp: str  # bf16 | fp16 | none
-    variant: str = "opt"  # main | opt, then +compile, +fused
+    variant: str = "opt"  # main | opt, then any of +compile, +fused, +onepass
     encoder: str = "sparse"  # sparse | masked_dense (ours only)
     mask: float | None = None  # re-mask every view at this ratio
     background: str = "preset"  # preset | computed | inactive
