@@ -40,6 +40,7 @@ from throughput_measure import (  # noqa: E402
     active_sets,
     autocast,
     dense_flops,
+    device_from,
     loader_wait,
     matmul_peak,
     median_ms,
@@ -252,16 +253,17 @@ def variant_rows(preset, batch_size, data: LoaderData, device, args, peak_flops)
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    cells = [[title for _, title, _ in COLUMNS]]
+def format_table(rows: list[dict], columns=COLUMNS, left: int = 3) -> str:
+    """A Markdown table of `rows` in `columns` (key, title, format); the first `left` columns left-aligned."""
+    cells = [[title for _, title, _ in columns]]
     for row in rows:
-        cells.append([fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in COLUMNS])
-    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+        cells.append([fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     lines = []
     for n, r in enumerate(cells):
         lines.append(
             "| "
-            + " | ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+            + " | ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
             + " |"
         )
         if n == 0:
@@ -304,9 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from rsna_phase0.presets import get_preset
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for, but torch sees no CUDA GPU (use --device cpu for the CPU check)")
+    device = device_from(args.device)
     peak_flops, peak_what = matmul_peak(device)
     info = {
         "torch": torch.__version__,

@@ -16,6 +16,14 @@ import torch
 import torch.nn.functional as F
 
 
+def device_from(name: str) -> torch.device:
+    """The device a benchmark was asked for; SystemExit when it is CUDA and torch sees no GPU."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but torch sees no CUDA GPU (use --device cpu for the CPU check)")
+    return device
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

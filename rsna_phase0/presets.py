@@ -18,6 +18,12 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 
 SPARSE_CONV_MODES = ("default", "copy_gemm", "direct_gemm")
+# implementation choices of the training step that keep the model's function (rsna_phase0/models/speedups.py says
+# what each does); `speedups=()` runs the step as it was before them, so one benchmark run measures both
+STEP_SPEEDUPS = ("hoisted_invariants", "token_layout", "patch_space_loss")
+# off unless asked for: torch.compile of the dense parts; all views in one MinkowskiEngine pass (levels then
+# share GEMM rounding, so the leakage test's bit-identity across levels no longer holds)
+OPTIONAL_SPEEDUPS = ("compile_dense", "one_sparse_pass")
 # the users' three CT windows in HU (brain L40/W80, blood L80/W200, bone L600/W3000): what their pre-windowed
 # DeepLesion and RSNA CTA files hold, and the default for CT given in HU (one channel)
 USERS_CT_WINDOWS: tuple[tuple[float, float], ...] = ((0.0, 80.0), (-20.0, 180.0), (-900.0, 2100.0))
@@ -75,6 +81,7 @@ class Preset:
     sparse_conv_mode: str = (
         "default"  # MinkowskiEngine ConvolutionMode of the k3 convs: default, copy_gemm, direct_gemm
     )
+    speedups: tuple[str, ...] = STEP_SPEEDUPS  # any of STEP_SPEEDUPS + OPTIONAL_SPEEDUPS
     # training defaults (overridable from the command line or a config file)
     batch_size: int = 4
     lr: float = 1.5e-4
@@ -152,6 +159,11 @@ class Preset:
         if self.sparse_conv_mode not in SPARSE_CONV_MODES:
             raise ValueError(
                 f"preset {self.name}: sparse_conv_mode {self.sparse_conv_mode!r} is not one of {SPARSE_CONV_MODES}"
+            )
+        unknown = set(self.speedups) - set(STEP_SPEEDUPS + OPTIONAL_SPEEDUPS)
+        if unknown:
+            raise ValueError(
+                f"preset {self.name}: unknown speedups {sorted(unknown)}; choose from {STEP_SPEEDUPS + OPTIONAL_SPEEDUPS}"
             )
         for ratio in (self.global_mask_ratio, self.local_mask_ratio):
             if not 0.0 < ratio < 1.0:

@@ -33,7 +33,9 @@ class MaskedDenseEncoder(nn.Module):
         oracle = cls(dense).to(next(sparse_encoder.parameters()).device)
         return oracle.train(sparse_encoder.training)
 
-    def forward(self, x, mask, modality: str, hierarchical: bool = True):
+    def forward(self, x, mask, modality: str, hierarchical: bool = True, sparse_groups=None):
+        # `sparse_groups` (Pretrainer.encode's one sparse pass per MiM level) changes nothing here: every dense op
+        # works per sample
         maps = self.dense(x, modality, mask=mask)
         patch = self.dense.get_downsample_ratio()
         masks = [mask_at_stride(mask, patch, 2 ** (i + 1)) for i in range(len(maps))]

@@ -59,7 +59,9 @@ class SparseWaveEncoder(nn.Module):
         )
         levels = stage_dwt_levels(preset)
         self.wave_stages = nn.ModuleList(
-            WaveFormerStage(dims[i - 1], dims[i], depths[i], preset.head_dim, levels[i], preset.mlp_ratio)
+            WaveFormerStage(
+                dims[i - 1], dims[i], depths[i], preset.head_dim, levels[i], preset.mlp_ratio, preset.speedups
+            )
             for i in range(n_sparse, len(dims))
         )
 

@@ -94,7 +94,11 @@ def reconstruction(
     prediction: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, patch: int, counted: torch.Tensor
 ) -> Reconstruction:
     """The reconstruction term over hidden patches that are `counted`, with what was left out (detached)."""
-    errors = masked_patch_errors(prediction, image, patch)
+    return hidden_patch_terms(masked_patch_errors(prediction, image, patch), mask, counted)
+
+
+def hidden_patch_terms(errors: torch.Tensor, mask: torch.Tensor, counted: torch.Tensor) -> Reconstruction:
+    """Per-patch errors (B, g, g, g) -> the loss over hidden counted patches and what was left out."""
     hidden, kept = mask.float(), (mask & counted).float()
     loss = (errors * kept).sum() / kept.sum().clamp_min(1.0)
     with torch.no_grad():
@@ -102,6 +106,27 @@ def reconstruction(
         share = left_out.sum() / hidden.sum().clamp_min(1.0)
         error_share = (errors * left_out).sum() / (errors * hidden).sum().clamp_min(1e-12)
     return Reconstruction(loss, share, error_share)
+
+
+def reconstruction_in_patches(
+    prediction: torch.Tensor,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    patch: int,
+    min_foreground: float,
+    min_std: float,
+    threshold: float = 0.0,
+) -> Reconstruction:
+    """`reconstruction` with `informative_patches(image, ...)` as `counted`, on the image patchified once (the
+    `patch_space_loss` speed-up): the same operations on the same values, so the same bits, with fewer layout
+    round trips."""
+    patches = patchify(image.float(), patch)
+    mean = patches.mean(dim=-1, keepdim=True)
+    std = (patches.var(dim=-1, keepdim=True, unbiased=False) + NORM_EPS).sqrt()
+    errors = ((patchify(prediction.float(), patch) - (patches - mean) / std) ** 2).mean(dim=(1, -1))
+    foreground = (patches > threshold).any(dim=1).float().mean(dim=-1)
+    spread = patches.std(dim=-1, unbiased=False).amax(dim=1)
+    return hidden_patch_terms(errors, mask, (foreground >= min_foreground) & (spread >= min_std))
 
 
 def pool_boxes(feature: torch.Tensor, boxes: torch.Tensor, box_patches: int, cells_per_patch: int) -> torch.Tensor:

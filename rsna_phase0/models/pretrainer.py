@@ -31,9 +31,11 @@ from rsna_phase0.models.losses import (  # noqa: F401  (LOSS_TERMS, DIAGNOSTICS:
     patchify,
     pool_boxes,
     reconstruction,
+    reconstruction_in_patches,
     unpatchify,
 )
 from rsna_phase0.models.masks import mask_at_stride
+from rsna_phase0.models.speedups import COMPILE_DENSE, ONE_SPARSE_PASS, PATCH_SPACE_LOSS
 from rsna_phase0.presets import Preset
 
 ALIGN_LEVEL = 1  # decoder map used for alignment: stride patch_size / 2
@@ -58,6 +60,20 @@ class Pretrainer(nn.Module):
         self.encoder = SparseWaveEncoder(preset)
         self.decoder = SparkDecoder(preset)
         self.align_predictor = AlignmentPredictor(decoder_widths(preset)[ALIGN_LEVEL])
+        self.level_loss = reconstruction_in_patches if PATCH_SPACE_LOSS in preset.speedups else None
+        if COMPILE_DENSE in preset.speedups:
+            self.compile_dense_parts()
+
+    def compile_dense_parts(self) -> None:
+        """torch.compile the WaveFormer blocks, the decoder and the loss in place (nn.Module.compile keeps the
+        parameter names); the MinkowskiEngine stages stay eager. Block by block: the blocks of a stage share one
+        compiled graph (torch >= 2.5 treats parameters as its inputs), so compiling takes a few graphs, not one
+        per block."""
+        for stage in self.encoder.wave_stages:
+            for block in stage.blocks:
+                block.compile()
+        self.decoder.compile()
+        self.level_loss = torch.compile(self.level_loss or reconstruction_in_patches)
 
     def _run(self, batch: MiMBatch):
         batch.validate(self.preset.channels(batch.modality))
@@ -72,7 +88,7 @@ class Pretrainer(nn.Module):
         """Encoder features of the global views (first B rows) and the local views, one sparse pass per level."""
         images = torch.cat([batch.global_image, batch.local_image])
         masks = torch.cat([batch.global_mask, batch.local_mask])
-        groups = [batch.batch_size, batch.local_image.shape[0]]
+        groups = None if ONE_SPARSE_PASS in self.preset.speedups else [batch.batch_size, batch.local_image.shape[0]]
         return self.encoder(images, masks, batch.modality, sparse_groups=groups)
 
     def forward(self, batch: MiMBatch, touch_idle: bool = False) -> dict[str, torch.Tensor]:
@@ -106,22 +122,19 @@ class Pretrainer(nn.Module):
         p = self.preset
         b = batch.batch_size
         prediction = decoded.prediction
-        levels = (
-            reconstruction(
-                prediction[:b],
-                batch.global_image,
-                batch.global_mask,
-                p.patch_size,
-                self.counted_patches(batch.global_image),
-            ),
-            reconstruction(
-                prediction[b:],
-                batch.local_image,
-                batch.local_mask,
-                p.patch_size,
-                self.counted_patches(batch.local_image),
-            ),
+        views = (
+            (prediction[:b], batch.global_image, batch.global_mask),
+            (prediction[b:], batch.local_image, batch.local_mask),
         )
+        if self.level_loss is not None:
+            threshold = p.background_threshold if p.background_threshold is not None else 0.0
+            limits = (p.patch_size, p.min_patch_foreground, p.min_patch_std, threshold)
+            levels = tuple(self.level_loss(pred, image, mask, *limits) for pred, image, mask in views)
+        else:
+            levels = tuple(
+                reconstruction(pred, image, mask, p.patch_size, self.counted_patches(image))
+                for pred, image, mask in views
+            )
         align_map = decoded.features[ALIGN_LEVEL]
         parent = pool_boxes(align_map[:b].detach(), batch.local_boxes, p.local_box_patches, 2**ALIGN_LEVEL)
         child = self.align_predictor(align_map[b:].float().mean(dim=(2, 3, 4)))

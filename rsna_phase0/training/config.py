@@ -59,6 +59,7 @@ RESUMABLE_CHANGES = {
     "deterministic",
     "lr",
     "grad_clip",  # lr/clip: recover from divergence
+    "speedups",  # implementation choices that keep the model's function (rsna_phase0/models/speedups.py)
 }
 
 _DURATION = re.compile(r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?$")

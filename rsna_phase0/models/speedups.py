@@ -1,0 +1,41 @@
+"""Speed-ups of the training step that keep the model's function, each named in `Preset.speedups` (issue 18).
+
+Each can be switched off on its own, and `speedups=()` runs the step as it was before them, so one GPU run
+measures before and after side by side (benchmarks/profile_step.py). Parameters and their names never change, so
+checkpoints and exports do not depend on the choice.
+
+- `hoisted_invariants`: what every block of a WaveFormer stage shares is computed once: which low-band tokens are
+  keys once per stage, the sine-cosine position code once per grid, width, device and dtype (together ~50 small
+  ops in every block of every step). Bit-identical.
+- `token_layout`: WaveFormer stages hold their map as (B, D, H, W, C) tokens, so LayerNorm, the MLP and attention
+  read it without the movedim copies a (B, C, D, H, W) map costs, and the Haar DWT -> attention on the low band ->
+  IDWT runs as the identity it reduces to when only the low band changes (the Haar transform is orthogonal and
+  reconstructs perfectly): with L levels and s = 2^(-3/2),
+      low = s^L * (sum of h over each 2^L block),   out = h + s^L * upsample(attention(low) - low),
+  so no high band is stored and ptwt is not called (ptwt built its filters from Python lists on every call: 8
+  blocking host-to-device copies per block on CUDA). Same function up to float rounding
+  (tests/test_model_speedups.py checks it against the ptwt path).
+- `patch_space_loss`: the per-patch-normalised error and the informative-patch test are computed on the image's
+  patches, patchified once per level, instead of through several voxel <-> patch layout round trips.
+  Bit-identical.
+- `compile_dense` (not on by default): torch.compile (nn.Module.compile, so parameter names stay) of the WaveFormer
+  blocks, the decoder and the loss (in its patch-space form): the dense parts between the MinkowskiEngine stages,
+  which stay eager.
+
+- `one_sparse_pass` (not on by default): the sparse stages run once over the global and local views together
+  instead of once per MiM level, which halves MinkowskiEngine's host synchronisations (it synchronises inside
+  every coordinate map, kernel map and convolution). The same function: normalisation is per sample and a kernel
+  map never joins two samples; but a convolution's GEMMs round by the total number of active voxels, so a level's
+  features then depend on the other level's content in their last bits, which tests/test_model_leakage.py forbids
+  for the default.
+
+A run may change its speed-ups when it resumes (training/config.py lists `speedups` among the resumable keys).
+"""
+
+from __future__ import annotations
+
+HOISTED_INVARIANTS = "hoisted_invariants"
+TOKEN_LAYOUT = "token_layout"
+PATCH_SPACE_LOSS = "patch_space_loss"
+COMPILE_DENSE = "compile_dense"
+ONE_SPARSE_PASS = "one_sparse_pass"

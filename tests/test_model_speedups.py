@@ -1,0 +1,262 @@
+"""The step's speed-ups (models/speedups.py) keep the model's function, and remove what they say they remove."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import ptwt
+import pytest
+import torch
+from model_helpers import patch_masks, tiny_preset
+
+from rsna_phase0.models.losses import informative_patches, reconstruction, reconstruction_in_patches
+from rsna_phase0.models.masks import mask_at_stride, visible_weight
+from rsna_phase0.models.pretrainer import Pretrainer
+from rsna_phase0.models.synthetic import synthetic_batch
+from rsna_phase0.models.waveformer import (
+    WaveFormerStage,
+    add_low_band_change,
+    cached_position_3d,
+    haar_low_band,
+    sincos_position_3d,
+)
+from rsna_phase0.models.wavelet import dwt3, idwt3
+from rsna_phase0.presets import STEP_SPEEDUPS, get_preset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from profile_trace import sync_prone_ops  # noqa: E402
+
+
+def _stages(levels: int, speedups_a, speedups_b, dim: int = 32):
+    """Two WaveFormer stages with the same weights, built with different speed-ups (float64)."""
+    torch.manual_seed(0)
+    a = WaveFormerStage(16, dim, 2, 16, levels, 4.0, speedups_a).double()
+    b = WaveFormerStage(16, dim, 2, 16, levels, 4.0, speedups_b).double()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+@pytest.mark.parametrize("levels", [0, 1, 2])
+@pytest.mark.parametrize("masked", [True, False], ids=["masked", "all-visible"])
+def test_token_layout_stage_equals_the_ptwt_stage_forward_and_backward(levels, masked):
+    reference, tokens = _stages(levels, (), ("token_layout",))
+    x = torch.randn(3, 16, 16, 16, 16, dtype=torch.float64)
+    visible = None
+    if masked:
+        visible = visible_weight(mask_at_stride(patch_masks(3, 2, 0.6, seed=levels), 8, 2)).double()
+    x_ref = x.clone().requires_grad_(True)
+    x_tok = x.clone().requires_grad_(True)
+    out_ref, out_tok = reference(x_ref, visible), tokens(x_tok, visible)
+    assert out_tok.shape == out_ref.shape == (3, 32, 8, 8, 8)
+    torch.testing.assert_close(out_tok, out_ref, rtol=1e-10, atol=1e-10)
+    assert out_ref.abs().max() > 0.1
+    weights = torch.randn_like(out_ref)
+    (out_ref * weights).sum().backward()
+    (out_tok * weights).sum().backward()
+    torch.testing.assert_close(x_tok.grad, x_ref.grad, rtol=1e-9, atol=1e-10)
+    for (name, p_ref), p_tok in zip(reference.named_parameters(), tokens.parameters(), strict=True):
+        torch.testing.assert_close(p_tok.grad, p_ref.grad, rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_the_haar_identity_the_token_layout_uses(levels):
+    """low = ptwt's low band; IDWT(low + change, the same high bands) = tokens + gain^L * change on each block."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 8, 8, 8, dtype=torch.float64)  # (B, C, D, H, W)
+    low, highs = dwt3(x, levels)
+    tokens = x.movedim(1, -1).contiguous()
+    torch.testing.assert_close(haar_low_band(tokens, levels).movedim(-1, 1), low, rtol=0, atol=1e-12)
+    change = torch.randn_like(low)
+    expected = idwt3(low + change, highs)
+    got = add_low_band_change(tokens, change.movedim(1, -1), levels).movedim(-1, 1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    # and the low band really is the per-channel transform (PyWavelets' own, not ptwt's)
+    import pywt
+
+    ref = pywt.wavedecn(x[1, 2].numpy(), "haar", mode="zero", level=levels)[0]
+    np.testing.assert_allclose(haar_low_band(tokens, levels)[1, ..., 2].numpy(), ref, atol=1e-12)
+
+
+def test_hoisted_invariants_are_bit_identical():
+    reference, hoisted = _stages(1, (), ("hoisted_invariants",))
+    x = torch.randn(2, 16, 16, 16, 16, dtype=torch.float64)
+    visible = visible_weight(mask_at_stride(patch_masks(2, 2, 0.6, seed=0), 8, 2)).double()
+    assert torch.equal(reference(x, visible), hoisted(x, visible))
+
+
+def test_cached_position_code_is_the_same_constant_and_made_once():
+    grid, device = (4, 4, 4), torch.device("cpu")
+    with torch.inference_mode():  # a first call in inference mode must not poison training
+        first = cached_position_3d(grid, 48, device, torch.float32)
+    assert not first.is_inference()
+    assert cached_position_3d(grid, 48, device, torch.float32) is first
+    assert torch.equal(first, sincos_position_3d(grid, 48, device, torch.float32))
+
+
+def test_patch_space_loss_is_bit_identical_to_the_voxel_space_loss():
+    torch.manual_seed(0)
+    image = torch.rand(3, 3, 32, 32, 32)
+    image[:, :, :12] = 0.0  # air: patches left out by the foreground test
+    image[:, :, 20:] = 0.5  # constant: patches left out by the std test
+    prediction = torch.randn(3, 3, 32, 32, 32)
+    mask = patch_masks(3, 4, 0.6, seed=2)
+    counted = informative_patches(image, 8, 0.25, 0.01, 0.0)
+    assert 0 < counted.float().mean() < 1
+    old = reconstruction(prediction, image, mask, 8, counted)
+    new = reconstruction_in_patches(prediction, image, mask, 8, 0.25, 0.01, 0.0)
+    for a, b in zip(old, new, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_every_speedup_together_keeps_the_pretrainers_losses_and_gradients():
+    """The whole pretrainer, float32 (its loss runs in float32 by design): the same losses and gradients to float
+    rounding (MinkowskiEngine's CPU kernel maps are built by several threads, so two runs differ in the last bits
+    anyway; the float64 stage test above is the tight check)."""
+    preset = tiny_preset(n_local=2)
+    batch = synthetic_batch(preset, 2, modality="ct", seed=3)
+    results = []
+    for speedups in ((), STEP_SPEEDUPS):
+        torch.manual_seed(0)
+        model = Pretrainer(preset.with_overrides(speedups=speedups))
+        out = model(batch)
+        out["loss"].backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (out_a, grads_a), (out_b, grads_b) = results
+    for term in ("loss", "recon_global", "recon_local", "align", "excluded_patches"):
+        torch.testing.assert_close(out_b[term], out_a[term], rtol=1e-5, atol=1e-6, msg=term)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 20
+    scale = max(float(g.abs().max()) for g in grads_a.values())
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=1e-3, atol=1e-5 * scale, msg=name)
+
+
+def test_the_default_step_has_no_host_synchronisation_of_its_own_but_the_sparse_stages():
+    """On CUDA, ptwt's per-call filter tensors (made from Python lists) are blocking host-to-device copies, 8 per
+    WaveFormer block with a DWT; with the default speed-ups the only sync-prone operators left in the model are
+    the sparse stages' nonzero (MinkowskiEngine needs the active voxels' count on the host): one per sparse stage
+    and MiM level."""
+    preset = get_preset("smoke", n_local=1)  # 2 sparse stages, one WaveFormer block with a Haar level
+    batch = synthetic_batch(preset, 2, modality="mri", seed=0)
+    counts = {}
+    for speedups in ((), preset.speedups):
+        torch.manual_seed(0)
+        model = Pretrainer(preset.with_overrides(speedups=speedups))
+        found = sync_prone_ops(lambda m=model: m(batch)["loss"].backward(), torch.device("cpu"))
+        counts[speedups] = {where: n for where, n in found["by_caller"].items() if not where.startswith("benchmarks")}
+    ptwt_calls = {w: n for w, n in counts[()].items() if w.startswith("ptwt/")}
+    assert sum(ptwt_calls.values()) == 8, counts[()]  # the defect, measured on the step as it was
+    nonzero = {w: n for w, n in counts[preset.speedups].items() if "nonzero" in w}
+    assert counts[preset.speedups] == nonzero and sum(nonzero.values()) == 2 * preset.sparse_stages
+
+
+def test_one_sparse_pass_gives_the_same_features_to_rounding():
+    preset = tiny_preset(n_local=2)
+    batch = synthetic_batch(preset, 2, modality="ct", seed=5)
+    torch.manual_seed(0)
+    per_level = Pretrainer(preset)
+    one_pass = Pretrainer(preset.with_overrides(speedups=preset.speedups + ("one_sparse_pass",)))
+    one_pass.load_state_dict(per_level.state_dict())
+    for a, b in zip(per_level.encode(batch).maps, one_pass.encode(batch).maps, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_presets_reject_unknown_speedups():
+    with pytest.raises(ValueError, match="speedups"):
+        tiny_preset(speedups=("warp_drive",))
+
+
+def test_ptwt_is_still_what_the_reference_path_calls(monkeypatch):
+    """`speedups=()` really runs the step as before (the ptwt DWT/IDWT), so benchmarks compare against it."""
+    calls = []
+    wavedec3 = ptwt.wavedec3
+    monkeypatch.setattr(ptwt, "wavedec3", lambda *a, **k: calls.append(1) or wavedec3(*a, **k))
+    for speedups, expected in (((), 2), (("token_layout",), 0)):
+        calls.clear()
+        stage = WaveFormerStage(16, 32, 2, 16, 1, 4.0, speedups)
+        stage(torch.randn(1, 16, 16, 16, 16), None)
+        assert len(calls) == expected, speedups
+
+
+@pytest.mark.slow
+def test_compiled_dense_parts_match_eager_and_keep_parameter_names():
+    preset = get_preset("smoke", n_local=1)
+    batch = synthetic_batch(preset, 2, modality="ct", seed=0)
+    torch.manual_seed(0)
+    eager = Pretrainer(preset)
+    torch.manual_seed(0)
+    compiled = Pretrainer(preset.with_overrides(speedups=preset.speedups + ("compile_dense",)))
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    out_e, out_c = eager(batch), compiled(batch)
+    for term in ("loss", "recon_global", "recon_local", "align"):
+        torch.testing.assert_close(out_c[term], out_e[term], rtol=1e-4, atol=1e-5, msg=term)
+    out_e["loss"].backward()
+    out_c["loss"].backward()
+    for (name, p_e), p_c in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        if p_e.grad is not None:
+            torch.testing.assert_close(p_c.grad, p_e.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.gpu
+def test_cuda_token_layout_stage_equals_the_ptwt_stage():
+    reference, tokens = _stages(1, (), ("token_layout",), dim=64)
+    reference, tokens = reference.float().cuda(), tokens.float().cuda()
+    x = torch.randn(4, 16, 32, 32, 32, device="cuda")
+    visible = visible_weight(mask_at_stride(patch_masks(4, 4, 0.6, seed=0), 8, 2)).cuda()
+    with torch.backends.cudnn.flags(enabled=True, deterministic=True, allow_tf32=False):
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            torch.testing.assert_close(tokens(x, visible), reference(x, visible), rtol=1e-4, atol=1e-5)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("speedups", [None, ()], ids=["defaults", "as-before"])
+def test_cuda_dense_parts_of_the_step_never_synchronise_the_host(speedups):
+    """Between the sparse stages (whose nonzero and MinkowskiEngine calls must sync) and the loss, nothing in the
+    step may make the host wait: forward and backward of the WaveFormer stages, decoder and loss under torch's
+    sync debug mode "error". The step as it was (ptwt's filters made from Python lists) does sync."""
+    preset = get_preset("kaggle", n_local=2)
+    preset = preset if speedups is None else preset.with_overrides(speedups=speedups)
+    torch.manual_seed(0)
+    model = Pretrainer(preset).cuda()
+    batch = synthetic_batch(preset, 2, modality="mri", seed=0).to("cuda")
+    images = torch.cat([batch.global_image, batch.local_image])
+    masks = torch.cat([batch.global_mask, batch.local_mask])
+    n = preset.sparse_stages
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        sparse = [m.detach().requires_grad_(True) for m in model.encoder.sparse_maps(images, masks, "mri")]
+        stage_masks = [mask_at_stride(masks, preset.patch_size, 2 ** (i + 1)) for i in range(len(preset.stage_dims))]
+        torch.cuda.synchronize()
+
+        def dense_step():
+            maps = sparse + model.encoder.wave_maps(sparse[-1], stage_masks[n:])
+            loss = model.losses(batch, model.decoder(maps, stage_masks, "mri"))["loss"]
+            loss.backward()
+
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            if speedups == ():
+                with pytest.raises(RuntimeError, match="synchroniz"):
+                    dense_step()
+            else:
+                dense_step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert speedups == () or sparse[-1].grad.abs().sum() > 0
+
+
+def test_speedups_are_set_from_the_command_line_and_may_change_on_resume():
+    from rsna_phase0.training.config import preset_from_config, resolve_config, resume_conflicts
+
+    before = resolve_config("smoke", set_values={"speedups": "[]"})
+    after = resolve_config("smoke", set_values={"speedups": '["token_layout", "compile_dense"]'})
+    assert preset_from_config(before).speedups == ()
+    assert preset_from_config(after).speedups == ("token_layout", "compile_dense")
+    assert resume_conflicts(before, after) == []
+    old_checkpoint = {**before, "preset": {k: v for k, v in before["preset"].items() if k != "speedups"}}
+    assert resume_conflicts(old_checkpoint, after) == []  # saved before the field existed
