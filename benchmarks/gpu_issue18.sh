@@ -11,7 +11,7 @@
 #   OUT=DIR bash benchmarks/gpu_issue18.sh --quick    # about a minute: batch 4 only, no compile
 #   BUDGET_S=210       seconds of rows before the rest is skipped (a compiled row of ours starts only with
 #                      COMPILE_RESERVE_S=90 left, the peer's with 40% of that)
-#   GPU_TESTS=0        skip the GPU tests
+#   GPU_TESTS=0        skip the GPU tests; GPU_TEST_PATHS="tests/" runs every GPU test (GPU_TESTS_TIMEOUT_S=120)
 #   DATA_WAIT=1        also benchmarks/throughput.py's loader data wait for kaggle (about a minute more)
 #   PYTHON=python      the interpreter with torch and MinkowskiEngine built with CUDA (installers/build_minkowski.py)
 #   DEVICE=cpu         a check of this script itself on a CPU machine (smoke preset, the plan's batch-4 bf16 rows
@@ -53,8 +53,9 @@ EOF
 cat "$OUT/env.txt"
 
 if [[ "${GPU_TESTS:-1}" == "1" && "${DEVICE:-cuda}" != "cpu" ]]; then
-    if timeout 120 "$PYTHON" -m pytest -q -x -m gpu -p no:cacheprovider \
-        tests/test_model_speedups.py tests/test_model_gpu.py >"$OUT/gpu_tests.txt" 2>&1; then
+    # shellcheck disable=SC2086  (GPU_TEST_PATHS is a list of paths)
+    if timeout "${GPU_TESTS_TIMEOUT_S:-120}" "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider \
+        ${GPU_TEST_PATHS:-tests/test_model_speedups.py tests/test_model_gpu.py} >"$OUT/gpu_tests.txt" 2>&1; then
         echo "GPU tests passed"
     else
         echo "GPU tests FAILED (or timed out): see gpu_tests.txt"
