@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from train_helpers import TRAIN_MODULE, smoke_train_args
 
 from rsna_phase0.training.checkpoint import load_checkpoint
@@ -19,10 +21,77 @@ def command(train_data, out: Path, *args: str) -> list[str]:
     return [*TRAIN_MODULE, *smoke_train_args(train_data, out, *args)]
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftovers():
+    """Whatever a test started dies with its whole process group, pass or fail (a stray worker holding the output
+    pipe once hung CI)."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=10)
+
+
 def start(argv: list[str], **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env}
+    # its own session: the group (trainer, scan and loader workers, resource tracker) can be found and killed
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **env},
+        start_new_session=True,
     )
+    STARTED.append(proc)
+    return proc
+
+
+def output_of(proc: subprocess.Popen, timeout: float = 60) -> str:
+    """The process's output once it and every process holding its pipe ended; fails (never hangs) otherwise."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        survivors = session_processes(proc.pid)
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"output pipe still open {timeout} s later; processes left in the session: {survivors}")
+
+
+def session_processes(sid: int) -> list[str]:
+    """'PID command' of every live process in session `sid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            fields = text[text.rindex(")") + 2 :].split()
+            if int(fields[3]) == sid and fields[0] != "Z":  # fields: state, ppid, pgrp, session
+                found.append(f"{stat.parent.name} {text[text.index('(') + 1 : text.rindex(')')]}")
+    return found
+
+
+def spawn_workers_of(pid: int) -> list[int]:
+    """Children of `pid` started by multiprocessing's spawn (the scan's pool workers)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+                if b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                    kids.append(int(stat.parent.name))
+    return kids
+
+
+def eventually(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def wait_for(predicate, timeout: float, proc: subprocess.Popen) -> bool:
@@ -61,14 +130,14 @@ def test_sigkill_at_random_moments_never_leaves_a_corrupt_checkpoint(train_data,
         if trial % 4 == 0:  # anywhere, start-up included
             time.sleep(rng.uniform(0.5, 6.0))
         elif trial % 2 == 1:  # the moment a checkpoint write is in flight
-            assert wait_for(last_changed(run, before), 60, proc), proc.communicate()[0]
+            assert wait_for(last_changed(run, before), 60, proc), output_of(proc)
             wait_for(lambda: any(run.glob(".*.tmp-*")), 30, proc)
             time.sleep(rng.uniform(0.0, 0.1))
         else:  # at a random moment of training
-            assert wait_for(last_changed(run, before), 60, proc), proc.communicate()[0]
+            assert wait_for(last_changed(run, before), 60, proc), output_of(proc)
             time.sleep(rng.uniform(0.0, 1.5))
         proc.kill()
-        output = proc.communicate()[0]
+        output = output_of(proc)
         assert proc.returncode == -signal.SIGKILL, output
         killed_in_write += any(run.glob(".*.tmp-*"))
         if had_checkpoint and "preflight" in output:
@@ -89,9 +158,9 @@ def test_sigkill_at_random_moments_never_leaves_a_corrupt_checkpoint(train_data,
 def test_sigterm_saves_and_exits_143(train_data, tmp_path):
     run = tmp_path / "run"
     proc = start(command(train_data, run, "--max-steps", "1000"))
-    assert wait_for(lambda: len(train_steps(run)) >= 3, 120, proc), proc.communicate()[0]
+    assert wait_for(lambda: len(train_steps(run)) >= 3, 120, proc), output_of(proc)
     proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=60)[0]
+    output = output_of(proc)
     assert proc.returncode == 143, output
     assert "received SIGTERM" in output and "stopped by a signal" in output
     assert load_checkpoint(run / "last.pt")["step"] == train_steps(run)[-1] >= 3
@@ -109,3 +178,36 @@ def test_watchdog_dumps_stacks_saves_and_exits_4(train_data, tmp_path):
     assert "maybe_hang" in stacks and "Thread" in stacks
     assert "watchdog: saved last.pt at step 2" in done.stderr
     assert load_checkpoint(run / "last.pt")["step"] == 2
+
+
+def _wait_for_scan_workers(proc: subprocess.Popen) -> None:
+    # the preflight scan's spawn workers are running (each volume takes 30 s with the fault below)
+    assert wait_for(lambda: len(spawn_workers_of(proc.pid)) >= 2, 120, proc), output_of(proc)
+    time.sleep(0.5)
+
+
+SLOW_SCAN = {"RSNA_PHASE0_FAULT_SLOW_SCAN": "30"}
+
+
+def test_sigkill_during_the_preflight_scan_leaves_no_process_behind(train_data, tmp_path):
+    proc = start(command(train_data, tmp_path / "run"), **SLOW_SCAN)
+    _wait_for_scan_workers(proc)
+    os.kill(proc.pid, signal.SIGKILL)  # the trainer only, as the OOM killer would
+    output_of(proc, timeout=15)  # returns only once no worker holds the pipe any more
+    assert eventually(lambda: not session_processes(proc.pid), 10), session_processes(proc.pid)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_preflight_ends_it_within_a_second(train_data, tmp_path, signum, code):
+    run = tmp_path / "run"
+    proc = start(command(train_data, run), **SLOW_SCAN)
+    _wait_for_scan_workers(proc)
+    sent = time.monotonic()
+    os.kill(proc.pid, signum)
+    output = output_of(proc, timeout=15)
+    assert time.monotonic() - sent < 3.0, output  # a second, plus slack for 2 busy cores
+    assert proc.returncode == code, output
+    assert f"received {signum.name} during preflight: stopping now" in output, output
+    assert f"stopped by {signum.name} during preflight (nothing saved)" in output, output
+    assert "Traceback" not in output and "Aborted!" not in output, output
+    assert eventually(lambda: not session_processes(proc.pid), 10), session_processes(proc.pid)

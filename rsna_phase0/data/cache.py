@@ -20,16 +20,16 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
-from rsna_phase0.atomic import write_json_atomic
+from rsna_phase0.atomic import sha256_file, write_json_atomic
 from rsna_phase0.data.errors import VolumeError
 from rsna_phase0.data.layout import VolumeFile, canonical_stem
+from rsna_phase0.data.workers import spawn_pool
 
 CACHE_SCHEMA = 2  # 2: volumes stored at the target spacing
 DEFAULT_SPACING_MM = 1.0  # every preset's target_spacing_mm
@@ -56,14 +56,6 @@ def other_spacings(cache_dir: str | Path, modality: str, relpath: str, spacing_m
     prefix = data_path.name[: -len(spacing_tag(spacing_mm) + ".b2nd")]
     tags = {p.name[len(prefix) : -len(".json")] for p in data_path.parent.glob(f"{glob.escape(prefix)}*.json")}
     return sorted(tags - {spacing_tag(spacing_mm)})
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _source_fingerprint(path: Path) -> dict:
@@ -99,7 +91,7 @@ def load_meta(
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not current or (verify == "full" and _sha256(data_path) != meta["data_sha256"]):
+    if not current or (verify == "full" and sha256_file(data_path) != meta["data_sha256"]):
         return None
     return meta
 
@@ -153,7 +145,7 @@ def write_entry(
         "foreground": prepared.foreground.tolist(),
         "data_file": data_path.name,
         "data_bytes": data_path.stat().st_size,
-        "data_sha256": _sha256(data_path),
+        "data_sha256": sha256_file(data_path),
     }
     write_json_atomic(meta_path, meta, indent=None, mode=0o644)
     return meta
@@ -256,9 +248,7 @@ def build_cache(
             results.append(_build_one(f, str(cache_dir), dtype, spacing_mm))
             bar.update()
     else:
-        # spawn, not fork: a forked child that enters an OpenMP region (torch's resampling) after the parent used
-        # one deadlocks, and blosc2's and CUDA's state do not survive fork either
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
+        with spawn_pool(min(workers, len(todo))) as pool:
             for future in as_completed([pool.submit(_build_one, f, str(cache_dir), dtype, spacing_mm) for f in todo]):
                 results.append(future.result())
                 bar.update()

@@ -148,8 +148,7 @@ def run_from_cli(config: dict, **request_fields) -> int:
     except (PreflightError, CheckpointError, TrainingError) as exc:
         click.echo(f"[train] error: {exc}", err=True)
         return 1
-    if result.files:
-        click.echo(result.summary(), err=True)
+    click.echo(result.summary() if result.files else f"[train] {result.reason}", err=True)
     return int(result.exit_code)
 
 

@@ -39,6 +39,7 @@ class TrainSettings:
     val_fraction: float = 0.1
     val_batches_max: int = 8  # validation batches per evaluation (fixed crops and masks)
     budget_margin_s: float = 5.0  # extra safety before the time budget, on top of measured step + checkpoint time
+    allow_data_change: bool = False  # resume on other data than the checkpoint's (recorded in metrics and checkpoint)
 
 
 SMOKE_EPOCHS = 8
@@ -56,6 +57,7 @@ RESUMABLE_CHANGES = {
     "micro_splits",
     "val_batches_max",
     "budget_margin_s",
+    "allow_data_change",
     "deterministic",
     "lr",
     "grad_clip",  # lr/clip: recover from divergence
