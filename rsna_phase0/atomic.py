@@ -92,6 +92,20 @@ def fsync_dir(folder: str | os.PathLike) -> None:
             os.close(fd)
 
 
+def folder_write_problem(folder: str | os.PathLike) -> str | None:
+    """Why no file can be created in `folder` (tried for real: root passes os.access even on /proc), or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder} is not an existing folder"
+    probe = folder / f".write-test-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return f"cannot create a file in {folder} ({exc.strerror or exc})"
+    return None
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """ENOSPC/EDQUOT, also when a library re-raised it as another type (torch: "file write failed")."""
     while exc is not None:
