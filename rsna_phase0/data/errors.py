@@ -16,3 +16,7 @@ class VolumeError(Exception):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class DataDiskFullError(Exception):
+    """No room to write a cache entry or a manifest; the message names the path and the space needed."""

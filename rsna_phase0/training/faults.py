@@ -4,6 +4,7 @@
   SIGKILL can land in the middle of one.
 - RSNA_PHASE0_FAULT_SLOW_SCAN=SECONDS: every volume of a data scan (the trainer's preflight too) takes this long, so a
   test's signal lands while the scan's worker processes run.
+- RSNA_PHASE0_FAULT_SLOW_CACHE=SECONDS: pause before each cache entry's data file is written (kills land mid-build).
 - RSNA_PHASE0_FAULT_HANG_AT_STEP=N: the loop stops making progress before step N (exercises the watchdog).
 - RSNA_PHASE0_FAULT_OOM_ABOVE=B: a micro-batch of more than B regions raises CUDA OutOfMemoryError (OOM back-off).
 - RSNA_PHASE0_FAULT_NAN_AT_STEP=N: the loss of step N becomes NaN.
@@ -26,6 +27,12 @@ def slow_save_seconds() -> float:
 
 def maybe_slow_scan() -> None:
     delay = float(os.environ.get("RSNA_PHASE0_FAULT_SLOW_SCAN") or 0.0)
+    if delay:
+        time.sleep(delay)
+
+
+def maybe_slow_cache() -> None:
+    delay = float(os.environ.get("RSNA_PHASE0_FAULT_SLOW_CACHE") or 0.0)
     if delay:
         time.sleep(delay)
 
