@@ -7,9 +7,11 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from train_helpers import TRAIN_MODULE, smoke_train_args
 
@@ -85,6 +87,11 @@ def spawn_workers_of(pid: int) -> list[int]:
     return kids
 
 
+def no_survivors(sid: int, timeout: float = 10) -> bool:
+    """Every process of session `sid` has ended within `timeout` seconds."""
+    return eventually(lambda: not session_processes(sid), timeout)
+
+
 def eventually(predicate, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -136,9 +143,10 @@ def test_sigkill_at_random_moments_never_leaves_a_corrupt_checkpoint(train_data,
         else:  # at a random moment of training
             assert wait_for(last_changed(run, before), 60, proc), output_of(proc)
             time.sleep(rng.uniform(0.0, 1.5))
-        proc.kill()
+        proc.kill()  # the trainer alone, as the OOM killer would: its workers must follow by themselves
         output = output_of(proc)
         assert proc.returncode == -signal.SIGKILL, output
+        assert no_survivors(proc.pid), session_processes(proc.pid)
         killed_in_write += any(run.glob(".*.tmp-*"))
         if had_checkpoint and "preflight" in output:
             assert "resuming from" in output, output
@@ -194,7 +202,7 @@ def test_sigkill_during_the_preflight_scan_leaves_no_process_behind(train_data, 
     _wait_for_scan_workers(proc)
     os.kill(proc.pid, signal.SIGKILL)  # the trainer only, as the OOM killer would
     output_of(proc, timeout=15)  # returns only once no worker holds the pipe any more
-    assert eventually(lambda: not session_processes(proc.pid), 10), session_processes(proc.pid)
+    assert no_survivors(proc.pid), session_processes(proc.pid)
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -210,4 +218,43 @@ def test_a_signal_during_preflight_ends_it_within_a_second(train_data, tmp_path,
     assert f"received {signum.name} during preflight: stopping now" in output, output
     assert f"stopped by {signum.name} during preflight (nothing saved)" in output, output
     assert "Traceback" not in output and "Aborted!" not in output, output
-    assert eventually(lambda: not session_processes(proc.pid), 10), session_processes(proc.pid)
+    assert no_survivors(proc.pid), session_processes(proc.pid)
+
+
+CLI = [sys.executable, "-c", "from rsna_phase0.cli import main; main()"]
+
+
+def test_sigkill_data_cache_at_random_moments_never_leaves_a_wrong_entry_or_a_process(tmp_path):
+    from rsna_phase0.data.cache import CachedVolume, build_cache, load_meta
+    from rsna_phase0.data.layout import files_in
+    from rsna_phase0.data.synth import synth_dataset
+
+    root, cache, reference = tmp_path / "data", tmp_path / "cache", tmp_path / "reference"
+    synth_dataset(root, mri=4, ct=2, seed=3)
+    files = files_in(root, "mri") + files_in(root, "ct")
+    build_cache(files, reference, workers=1, progress=False)
+
+    def content(folder, f):
+        meta = load_meta(folder, f.modality, f.relpath, f.path, verify="full")
+        if meta is None:
+            return None
+        volume = CachedVolume.from_meta(folder, meta)
+        return volume.read((0, 0, 0), volume.shape)
+
+    expected = {f.relpath: content(reference, f) for f in files}
+    argv = [*CLI, "data", "cache", str(root), "--out", str(cache), "--workers", "2"]
+    rng = random.Random(99)
+    for _ in range(10):
+        proc = start(argv, RSNA_PHASE0_FAULT_SLOW_CACHE="0.4")
+        time.sleep(rng.uniform(0.5, 5.0))
+        os.kill(proc.pid, signal.SIGKILL)
+        output_of(proc, timeout=15)
+        assert no_survivors(proc.pid), session_processes(proc.pid)
+        for f in files:  # an entry is complete and exactly right, or absent: never silently different
+            got = content(cache, f)
+            assert got is None or np.array_equal(got, expected[f.relpath]), f.relpath
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for f in files:
+        assert np.array_equal(content(cache, f), expected[f.relpath]), f.relpath
+    assert not [p for p in cache.glob("*/.*") if p.name != ".lock"]  # temp files swept
