@@ -10,6 +10,8 @@ Standard library only: the installers import this before anything else is instal
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import secrets
@@ -72,6 +74,14 @@ def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike, *, mode: int | N
         return write_atomic(dst, lambda handle: shutil.copyfileobj(source, handle, 1 << 20), mode=mode)
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def fsync_dir(folder: str | os.PathLike) -> None:
     """Flush a folder's entries, which makes a rename in it durable; a no-op where folders cannot be opened."""
     with contextlib.suppress(OSError):
@@ -80,6 +90,45 @@ def fsync_dir(folder: str | os.PathLike) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def folder_write_problem(folder: str | os.PathLike) -> str | None:
+    """Why no file can be created in `folder` (tried for real: root passes os.access even on /proc), or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder} is not an existing folder"
+    probe = folder / f".write-test-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return f"cannot create a file in {folder} ({exc.strerror or exc})"
+    return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT, also when a library re-raised it as another type (torch: "file write failed")."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full_message(path: str | os.PathLike, needed_bytes: int | None) -> str:
+    """One line for a full disk: the path, the space needed and free, and that the previous file is intact."""
+    path = Path(path)
+    free = None
+    folder = path if path.is_dir() else path.parent
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(folder).free
+    need = f"needs about {_mb(needed_bytes)}" if needed_bytes else "needs more space"
+    have = f", {_mb(free)} free" if free is not None else ""
+    return f"no space left on the device of {path} ({need}{have}); the previous {path.name} (if any) is intact"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n < 2**30 else f"{n / 2**30:.2f} GB"
 
 
 def _create_temp(path: Path) -> tuple[int, str]:

@@ -118,15 +118,17 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path):
         ckpt.load_checkpoint(tmp_path / "absent.pt")
 
 
-def test_link_rotation_and_stale_temps(tmp_path):
+def test_copies_rotation_and_stale_temps(tmp_path):
     for epoch in range(5):
         epoch_file = tmp_path / ckpt.EPOCH_PATTERN.format(epoch)
         ckpt.save_checkpoint(_state(epoch), epoch_file)
-        ckpt.link_or_copy(epoch_file, tmp_path / ckpt.LAST)
+        ckpt.copy_checkpoint(epoch_file, tmp_path / ckpt.LAST)
         ckpt.rotate_epoch_checkpoints(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.glob("checkpoint_epoch_*")) == [
         "checkpoint_epoch_0003.pt",
+        "checkpoint_epoch_0003.pt.sha256",
         "checkpoint_epoch_0004.pt",
+        "checkpoint_epoch_0004.pt.sha256",
     ]
     assert ckpt.load_checkpoint(tmp_path / ckpt.LAST)["step"] == 4
     (tmp_path / ".last.pt.tmp-123").write_bytes(b"partial")
@@ -139,7 +141,7 @@ def test_find_resume(tmp_path):
     ckpt.save_checkpoint(_state(1), tmp_path / ckpt.LAST)
     with pytest.raises(ckpt.CheckpointError, match="already holds a run"):
         ckpt.find_resume(tmp_path, None)
-    assert ckpt.find_resume(tmp_path, "auto") == tmp_path / ckpt.LAST
+    assert ckpt.find_resume(tmp_path, "auto").path == tmp_path / ckpt.LAST
     with pytest.raises(ckpt.CheckpointError, match="no such file"):
         ckpt.find_resume(tmp_path, str(tmp_path / "x.pt"))
 

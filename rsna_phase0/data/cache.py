@@ -14,22 +14,27 @@ does before skipping an entry); anything else is rebuilt by `rsna-phase0 data ca
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import zlib
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
-from rsna_phase0.atomic import write_json_atomic
-from rsna_phase0.data.errors import VolumeError
+from rsna_phase0.atomic import disk_full_message, is_disk_full, sha256_file, write_json_atomic
+from rsna_phase0.data.errors import DataDiskFullError, VolumeError
 from rsna_phase0.data.layout import VolumeFile, canonical_stem
+from rsna_phase0.data.workers import spawn_pool
+from rsna_phase0.training import faults
 
 CACHE_SCHEMA = 2  # 2: volumes stored at the target spacing
 DEFAULT_SPACING_MM = 1.0  # every preset's target_spacing_mm
@@ -56,14 +61,6 @@ def other_spacings(cache_dir: str | Path, modality: str, relpath: str, spacing_m
     prefix = data_path.name[: -len(spacing_tag(spacing_mm) + ".b2nd")]
     tags = {p.name[len(prefix) : -len(".json")] for p in data_path.parent.glob(f"{glob.escape(prefix)}*.json")}
     return sorted(tags - {spacing_tag(spacing_mm)})
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _source_fingerprint(path: Path) -> dict:
@@ -99,7 +96,7 @@ def load_meta(
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not current or (verify == "full" and _sha256(data_path) != meta["data_sha256"]):
+    if not current or (verify == "full" and sha256_file(data_path) != meta["data_sha256"]):
         return None
     return meta
 
@@ -127,6 +124,7 @@ def write_entry(
     os.close(fd)
     os.unlink(tmp_name)  # blosc2 creates the file itself
     try:
+        faults.maybe_slow_cache()
         chunks = (array.shape[0], *(min(CHUNK, n) for n in array.shape[1:]))
         blocks = (array.shape[0], *(min(BLOCK, n) for n in array.shape[1:]))
         cparams = {"codec": blosc2.Codec[CODEC], "clevel": CLEVEL, "filters": [blosc2.Filter.SHUFFLE]}
@@ -136,8 +134,13 @@ def write_entry(
         with open(tmp_name, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_name, data_path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError | RuntimeError) and (is_disk_full(exc) or _short_of(data_path, array.nbytes)):
+            # blosc2 says only "Error while creating the NDArray"
+            raise DataDiskFullError(
+                f"{disk_full_message(data_path, array.nbytes)}; nothing of {file.path} was cached"
+            ) from None
         raise
     meta = {
         "schema": CACHE_SCHEMA,
@@ -153,10 +156,33 @@ def write_entry(
         "foreground": prepared.foreground.tolist(),
         "data_file": data_path.name,
         "data_bytes": data_path.stat().st_size,
-        "data_sha256": _sha256(data_path),
+        "data_sha256": sha256_file(data_path),
+        "data_crc32": crc32_file(
+            data_path
+        ),  # what the loader checks (cheaper than SHA-256; benchmarks/cache_verify.py)
     }
-    write_json_atomic(meta_path, meta, indent=None, mode=0o644)
+    try:
+        write_json_atomic(meta_path, meta, indent=None, mode=0o644)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DataDiskFullError(disk_full_message(meta_path, 1 << 16)) from None
+        raise
     return meta
+
+
+def _short_of(path: Path, needed: int) -> bool:
+    try:
+        return shutil.disk_usage(path.parent).free < needed
+    except OSError:
+        return False
+
+
+def crc32_file(path: str | Path) -> int:
+    value = 0
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            value = zlib.crc32(block, value)
+    return value
 
 
 @dataclass
@@ -168,6 +194,8 @@ class CachedVolume:
     spacing: tuple[float, float, float]
     foreground: np.ndarray
     full_shape: tuple[int, ...]
+    crc32: int | None = None  # of the whole data file, checked once per process before the first crop
+    sha256: str = ""  # for entries written before data_crc32 existed
     # the open array, per process: a handle opened before a DataLoader fork must not be shared with the workers
     _handle: tuple[int, object] | None = field(default=None, repr=False, compare=False)
 
@@ -180,6 +208,8 @@ class CachedVolume:
             spacing=tuple(meta["spacing"]),
             foreground=np.asarray(meta["foreground"], dtype=np.int64).reshape(-1, 3),
             full_shape=tuple(meta["shape"]),
+            crc32=meta.get("data_crc32"),
+            sha256=meta.get("data_sha256", ""),
         )
 
     @property
@@ -190,8 +220,24 @@ class CachedVolume:
         import blosc2
 
         if self._handle is None or self._handle[0] != os.getpid():
+            self._verify()
             self._handle = (os.getpid(), blosc2.open(self.data_path, mode="r"))
         return self._handle[1]
+
+    def _verify(self) -> None:
+        """The data file is what was written: one flipped byte used to decode without error, values off by 0.35."""
+        if self.crc32 is not None:
+            found, expected, what = crc32_file(self.data_path), self.crc32, "CRC-32"
+        else:
+            found, expected, what = sha256_file(self.data_path), self.sha256, "SHA-256"
+        if found != expected:
+            cache_dir = Path(self.data_path).parent.parent
+            raise VolumeError(
+                self.data_path,
+                f"cache entry of {self.path} is damaged ({what} of the file differs from the one recorded when it "
+                f"was built); rebuild it with `rsna-phase0 data cache <your data folders> --out {cache_dir}` "
+                "(only damaged or missing entries are rebuilt)",
+            )
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handle": None}  # spawned workers open their own
@@ -213,11 +259,48 @@ class CacheReport:
     built: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (relpath, reason)
+    rebuilt: list[str] = field(default_factory=list)  # had an entry that was damaged, incomplete or stale
+    swept: list[str] = field(default_factory=list)  # temp files an interrupted build left
 
     def summary(self) -> str:
         lines = [f"cache: {self.built} built, {self.skipped} already complete, {len(self.failed)} rejected"]
+        if self.swept:
+            lines.append(
+                f"  removed {len(self.swept)} temp files left by an interrupted build: {', '.join(self.swept[:5])}"
+            )
+        if self.rebuilt:
+            lines.append(
+                f"  rebuilt {len(self.rebuilt)} damaged, incomplete or stale entries: {', '.join(self.rebuilt)}"
+            )
         lines += [f"  {rel}: {reason}" for rel, reason in self.failed]
         return "\n".join(lines)
+
+
+class CacheBusyError(RuntimeError):
+    """Another `data cache` is building in the same folder."""
+
+
+@contextlib.contextmanager
+def _build_lock(cache_dir: Path):
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CacheBusyError(
+                f"{cache_dir}: another `rsna-phase0 data cache` is building here; wait for it"
+            ) from None
+        yield  # the kernel drops the lock if this process dies
+
+
+def _sweep_temps(cache_dir: Path) -> list[str]:
+    """Temp files of writes a kill interrupted (hidden: ".STEM.XXXX.b2nd" and ".NAME.tmp-PID-RANDOM")."""
+    swept = []
+    for tmp in sorted(cache_dir.glob("*/.*")):
+        if tmp.is_file() and (tmp.suffix == ".b2nd" or ".tmp-" in tmp.name):
+            tmp.unlink(missing_ok=True)
+            swept.append(f"{tmp.parent.name}/{tmp.name}")
+    return swept
 
 
 def _build_one(file: VolumeFile, cache_dir: str, dtype: str, spacing_mm: float) -> tuple[str, str | None]:
@@ -237,15 +320,21 @@ def build_cache(
     spacing_mm: float = DEFAULT_SPACING_MM,
 ) -> CacheReport:
     """Cache every file not already cached and verified at `spacing_mm` (resumable: complete entries are re-hashed
-    and skipped)."""
+    and skipped). One build per folder at a time; temp files of a killed build are removed first."""
+    with _build_lock(Path(cache_dir)):
+        return _build_locked(list(files), Path(cache_dir), workers, progress, dtype, spacing_mm)
+
+
+def _build_locked(files, cache_dir: Path, workers, progress, dtype, spacing_mm) -> CacheReport:
     from tqdm import tqdm
 
-    files = list(files)
-    report = CacheReport()
+    report = CacheReport(swept=_sweep_temps(cache_dir))
     todo = []
     for f in files:
         if load_meta(cache_dir, f.modality, f.relpath, f.path, spacing_mm, verify="full") is None:
             todo.append(f)
+            if entry_paths(cache_dir, f.modality, f.relpath, spacing_mm)[1].exists():
+                report.rebuilt.append(f.relpath)
         else:
             report.skipped += 1
     workers = (os.cpu_count() or 1) if workers is None else workers
@@ -256,9 +345,7 @@ def build_cache(
             results.append(_build_one(f, str(cache_dir), dtype, spacing_mm))
             bar.update()
     else:
-        # spawn, not fork: a forked child that enters an OpenMP region (torch's resampling) after the parent used
-        # one deadlocks, and blosc2's and CUDA's state do not survive fork either
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
+        with spawn_pool(min(workers, len(todo))) as pool:
             for future in as_completed([pool.submit(_build_one, f, str(cache_dir), dtype, spacing_mm) for f in todo]):
                 results.append(future.result())
                 bar.update()

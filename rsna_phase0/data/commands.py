@@ -22,14 +22,32 @@ def data() -> None:
 def scan(dirs: tuple[Path, ...], out: Path | None, as_json: bool, workers: int | None) -> None:
     """Read every volume under DIRS (data root, OpenMind_processed[/MRI_T1|MRI_T2|MRA] or NIH_deeplesion[/CT]) and
     record shape, spacing, intensity statistics, and ok or rejected with the reason."""
+    from rsna_phase0.atomic import disk_full_message, folder_write_problem, is_disk_full
     from rsna_phase0.data.manifest import scan_layout_dirs
 
+    if out is not None:  # before the scan: its work must not be lost to an unwritable --out
+        folder = out.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        problem = folder_write_problem(folder)
+        if problem:
+            raise click.ClickException(f"--out {out}: {problem}")
     try:
         manifest = scan_layout_dirs(dirs, workers=workers, progress=not as_json)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     if out is not None:
-        manifest.save(out)
+        try:
+            manifest.save(out)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise click.ClickException(f"--out {out}: cannot write the manifest ({exc})") from None
+            need = len(json.dumps([asdict(r) for r in manifest.records]))
+            click.echo(manifest.summary_table())
+            raise click.ClickException(
+                f"{disk_full_message(out, need)}; the scan's table is above: free space and run the scan again "
+                "(or give --out on another disk)"
+            ) from None
     if as_json:
         click.echo(
             json.dumps({"created": manifest.created, "records": [asdict(r) for r in manifest.records]}, indent=1)
@@ -80,7 +98,15 @@ def cache(sources: tuple[Path, ...], out: Path, workers: int | None, dtype: str,
                 files += [f for modality, folder in classify_dir(source) for f in files_in(folder, modality)]
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-    report = build_cache(files, out, workers=workers, dtype=dtype, spacing_mm=spacing_mm)
+    from rsna_phase0.data.cache import CacheBusyError
+    from rsna_phase0.data.errors import DataDiskFullError
+
+    try:
+        report = build_cache(files, out, workers=workers, dtype=dtype, spacing_mm=spacing_mm)
+    except (DataDiskFullError, CacheBusyError) as exc:
+        raise click.ClickException(
+            f"{exc}; complete entries are kept, run the same command again to continue"
+        ) from None
     click.echo(report.summary())
     click.echo(f"cache: {out}")
 

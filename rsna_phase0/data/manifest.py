@@ -10,14 +10,15 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 from rsna_phase0.atomic import write_json_atomic
 from rsna_phase0.data.errors import VolumeError
 from rsna_phase0.data.layout import VolumeFile, classify_dir, files_in, find_duplicates
+from rsna_phase0.data.workers import spawn_pool
+from rsna_phase0.training import faults
 
 MANIFEST_SCHEMA = 1
 PROGRESS_MIN_FILES = 20  # smaller scans finish before a bar would help
@@ -113,6 +114,7 @@ def inspect_volume(file: VolumeFile) -> VolumeRecord:
     record = VolumeRecord(
         path=str(file.path), relpath=file.relpath, modality=file.modality, subtype=file.subtype, status="rejected"
     )
+    faults.maybe_slow_scan()
     try:
         stat = file.path.stat()
         record.size_bytes, record.mtime = stat.st_size, stat.st_mtime
@@ -163,9 +165,7 @@ def scan_files(files: list[VolumeFile], workers: int | None = None, progress: bo
             records[f.path] = inspect_volume(f)
             bar.update()
     else:
-        # spawn, not fork: a forked child that enters an OpenMP region (torch's resampling) after the parent used
-        # one deadlocks, and blosc2's and CUDA's state do not survive fork either
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
+        with spawn_pool(min(workers, len(todo))) as pool:
             futures = {pool.submit(inspect_volume, f): f for f in todo}
             for future in as_completed(futures):
                 records[futures[future].path] = future.result()

@@ -17,6 +17,8 @@ batches of the newer plan.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -31,6 +33,7 @@ from rsna_phase0.data.cache import CachedVolume, load_meta, other_spacings, spac
 from rsna_phase0.data.manifest import Manifest, VolumeRecord
 from rsna_phase0.data.sampler import PlannedBatch, SampleKey, is_validation, plan_epoch, plan_validation, rank_positions
 from rsna_phase0.data.views import ArrayVolume, VolumeSource, make_sample
+from rsna_phase0.data.workers import die_with_parent
 from rsna_phase0.presets import Preset
 
 
@@ -101,7 +104,8 @@ class PlanSampler:
         return len(self.batches)
 
 
-def init_loader_worker(_worker_id: int) -> None:
+def init_loader_worker(_worker_id: int, parent_pid: int) -> None:
+    die_with_parent(parent_pid)  # a killed trainer must not leave its loader workers behind
     # One blosc2 thread per worker: the loader's parallelism is its processes. Through the environment, which
     # c-blosc2 reads at each call: blosc2.set_nthreads() in a forked child tears down the parent's thread pool,
     # whose threads do not exist there, and segfaulted the workers on a 16-core GPU machine.
@@ -235,7 +239,7 @@ class PretrainData:
             workers = dict(
                 prefetch_factor=self.prefetch_factor,
                 persistent_workers=self.persistent_workers,
-                worker_init_fn=init_loader_worker,
+                worker_init_fn=functools.partial(init_loader_worker, parent_pid=os.getpid()),
             )
         return DataLoader(
             self.dataset,
@@ -265,6 +269,20 @@ class PretrainData:
             return " (batches built in the training process)"
         kind = "persistent across epochs" if self.persistent_workers else "restarted every epoch"
         return f" ({kind}, {self.prefetch_factor} batches prefetched each)"
+
+    def fingerprint(self) -> dict:
+        """The data plan in brief: a digest of the volumes used (path, modality, size) and the split, so a resume
+        can tell that the data changed."""
+        digest = hashlib.sha256()
+        for i, r in enumerate(self.records):
+            digest.update(f"{r.relpath}\t{r.modality}\t{r.size_bytes}\t{int(i in self.val_files)}\n".encode())
+        n_val = len(self.val_files)
+        return {
+            "digest": digest.hexdigest(),
+            "volumes": len(self.records),
+            "train": len(self.records) - n_val,
+            "validation": n_val,
+        }
 
     # -- reporting -----------------------------------------------------------------------------------------------
     def describe(self) -> str:

@@ -20,6 +20,9 @@ MODALITIES = ("mri", "ct")
 CT_WINDOWS = ("brain", "blood", "bone")
 # a volume thinner than this along any axis cannot hold a single patch of any preset
 MIN_AXIS_VOXELS = 8
+SPACING_RANGE_MM = (0.01, 50.0)  # outside it a header is broken: no scanner makes 10 um or 5 cm voxels of a head
+MAX_VOLUME_BYTES = 4 << 30  # float32 bytes of one volume (a 512x512x1024 CT with 3 windows is 3 GB)
+MAX_DEFLATE_RATIO = 1032  # the most deflate (gzip) can compress: a larger claimed size cannot be in the file
 
 
 @dataclass
@@ -98,6 +101,8 @@ def read_volume(path: str | Path, modality: str) -> Volume:
     spatial, channels, channel_first = spatial_layout(tuple(image.shape), modality, path)
     if min(spatial) < MIN_AXIS_VOXELS:
         raise VolumeError(path, f"spatial shape {spatial} is thinner than {MIN_AXIS_VOXELS} voxels along an axis")
+    check_header_spacing(image, path)
+    check_claimed_size(image, path)
     try:
         data = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as exc:  # truncated gzip, short file, zlib errors
@@ -118,8 +123,62 @@ def read_volume(path: str | Path, modality: str) -> Volume:
     spacing = tuple(float(s) for s in nib.affines.voxel_sizes(affine))
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise VolumeError(path, f"invalid voxel spacing {spacing} in the header")
+    if not all(SPACING_RANGE_MM[0] <= s <= SPACING_RANGE_MM[1] for s in spacing):
+        raise VolumeError(
+            path,
+            f"voxel spacing {tuple(round(s, 6) for s in spacing)} mm is outside [{SPACING_RANGE_MM[0]:g}, "
+            f"{SPACING_RANGE_MM[1]:g}] mm: an absurd header, not a head scan",
+        )
     array = np.ascontiguousarray(np.moveaxis(data, -1, 0))
     return Volume(path=str(path), modality=modality, array=array, spacing=spacing)
+
+
+def check_header_spacing(image, path: Path) -> None:
+    """Without a qform or sform the voxel size is pixdim alone: zero, negative or NaN there used to become 1 mm."""
+    header = image.header
+    if int(header["qform_code"]) != 0 or int(header["sform_code"]) != 0:
+        return  # the affine carries the spacing; checked after orientation
+    # nibabel's load "fixes" a zero pixdim to 1 (one stderr line): read the header as stored
+    with nib.openers.ImageOpener(path) as handle:
+        raw = type(header).from_fileobj(handle, check=False)
+    pixdim = [float(v) for v in raw["pixdim"][1:4]]
+    bad = [v for v in pixdim if not (np.isfinite(v) and v > 0)]
+    if bad:
+        raise VolumeError(
+            path,
+            f"header spacing pixdim {tuple(pixdim)} has zero, negative or NaN values and there is no qform/sform: "
+            "the voxel size is unknown",
+        )
+
+
+def check_claimed_size(image, path: Path) -> None:
+    """The voxel data the header claims must fit the file (and the memory bound) before any array is allocated:
+    a 79-byte .nii.gz claiming 2048x2048x512 int16 drove a scan worker to 4.1 GB."""
+    header = image.header
+    claimed = int(np.prod(image.shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+    as_float = int(np.prod(image.shape, dtype=np.int64)) * 4
+    if as_float > MAX_VOLUME_BYTES:
+        raise VolumeError(
+            path,
+            f"shape {tuple(image.shape)} would take {as_float / 2**30:.1f} GB as float32, more than the "
+            f"{MAX_VOLUME_BYTES / 2**30:g} GB a volume may use (each scan worker holds one)",
+        )
+    size = path.stat().st_size
+    if path.name.endswith(".gz"):
+        if claimed > MAX_DEFLATE_RATIO * size:
+            raise VolumeError(
+                path,
+                f"header claims {claimed / 2**20:.1f} MB of voxel data, more than a {size}-byte gzip file can hold "
+                f"(deflate compresses at most {MAX_DEFLATE_RATIO}:1): truncated or corrupt file",
+            )
+        return
+    offset = int(getattr(image.dataobj, "offset", header.get_data_offset()))  # where nibabel will read
+    if offset + claimed > size:
+        raise VolumeError(
+            path,
+            f"header claims {claimed} bytes of voxel data from byte {offset}, but the file has {size} bytes: "
+            "truncated or corrupt file",
+        )
 
 
 def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

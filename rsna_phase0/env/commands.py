@@ -32,6 +32,13 @@ def check_env(
     from rsna_phase0.env.report import save_report
     from rsna_phase0.env.spec import SpecError
 
+    if write_report:  # checked before probing: an unwritable path must not cost the probes and then a traceback
+        from rsna_phase0.env.report import report_target_problem
+
+        problem = report_target_problem(write_report)
+        if problem:
+            click.echo(f"check-env: --write-report {write_report}: {problem}", err=True)
+            sys.exit(2)
     try:
         result = run_check(spec=spec_path, against=against, strict=strict)
     except SpecError as exc:

@@ -12,7 +12,7 @@ import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rsna_phase0.atomic import write_json_atomic
+from rsna_phase0.atomic import folder_write_problem, write_json_atomic
 
 REPORT_SCHEMA = 1
 
@@ -38,6 +38,17 @@ def save_report(path: str | os.PathLike, report: dict) -> Path:
     return write_json_atomic(path, report, indent=2)
 
 
+def report_target_problem(path: str | os.PathLike) -> str | None:
+    """Why a report cannot be written at `path`, or None."""
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder; give a file name, e.g. report.json inside it"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # missing folders are created (save_report)
+        folder = folder.parent
+    return folder_write_problem(folder)
+
+
 def load_report(path: str | os.PathLike) -> dict:
     """Read and validate a report; ReportError names the file and says what is wrong with it."""
     path = Path(path)
@@ -54,6 +65,12 @@ def load_report(path: str | os.PathLike) -> dict:
     if not isinstance(report, dict) or not isinstance(report.get("probes"), dict):
         raise ReportError(
             f"{path}: not an environment report (no 'probes'); write one with `rsna-phase0 check-env --write-report`"
+        )
+    malformed = [f"{name} is {type(v).__name__}" for name, v in report["probes"].items() if not isinstance(v, dict)]
+    if malformed:  # a probe is always a mapping (its values or its error); anything else would crash the comparison
+        raise ReportError(
+            f"{path}: malformed probes ({', '.join(malformed)}; each must be a mapping); write the report again "
+            "with `rsna-phase0 check-env --write-report`"
         )
     schema = report.get("schema")
     if schema != REPORT_SCHEMA:

@@ -16,9 +16,12 @@ def _duration(_ctx, _param, value):
     from rsna_phase0.training.config import parse_duration
 
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    if not seconds > 0:
+        raise click.BadParameter(f"{value!r}: the budget must be more than 0 s, e.g. 8h30m, 45m or 90s")
+    return seconds
 
 
 @click.command("train")
@@ -148,8 +151,7 @@ def run_from_cli(config: dict, **request_fields) -> int:
     except (PreflightError, CheckpointError, TrainingError) as exc:
         click.echo(f"[train] error: {exc}", err=True)
         return 1
-    if result.files:
-        click.echo(result.summary(), err=True)
+    click.echo(result.summary() if result.files else f"[train] {result.reason}", err=True)
     return int(result.exit_code)
 
 

@@ -8,6 +8,7 @@ geometry, optimiser defaults) or a training setting below; an unknown key is an 
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from dataclasses import asdict, dataclass, fields
@@ -39,6 +40,7 @@ class TrainSettings:
     val_fraction: float = 0.1
     val_batches_max: int = 8  # validation batches per evaluation (fixed crops and masks)
     budget_margin_s: float = 5.0  # extra safety before the time budget, on top of measured step + checkpoint time
+    allow_data_change: bool = False  # resume on other data than the checkpoint's (recorded in metrics and checkpoint)
 
 
 SMOKE_EPOCHS = 8
@@ -56,6 +58,7 @@ RESUMABLE_CHANGES = {
     "micro_splits",
     "val_batches_max",
     "budget_margin_s",
+    "allow_data_change",
     "deterministic",
     "lr",
     "grad_clip",  # lr/clip: recover from divergence
@@ -166,13 +169,44 @@ def resolve_config(
     if preset_name == "smoke" and "epochs" not in merged:
         settings.epochs = SMOKE_EPOCHS
     preset = get_preset(preset_name, **preset_over)  # validates geometry
+    for name in ("lr", "weight_decay"):
+        if hasattr(preset, name):
+            check_range(name, getattr(preset, name), 0.0, 1.0, name == "weight_decay", True)
     validate_settings(settings)
     return {"preset": preset.to_dict(), "train": asdict(settings)}
+
+
+# (low, high, low included, high included): each setting's allowed range, said in the message when it is broken
+RANGES = {
+    "grad_clip": (0.0, math.inf, True, False),
+    "min_lr_ratio": (0.0, 1.0, True, True),
+    "beta1": (0.0, 1.0, True, False),
+    "beta2": (0.0, 1.0, True, False),
+    "checkpoint_every_min": (0.0, math.inf, True, False),
+    "watchdog_s": (0.0, math.inf, True, False),
+    "num_workers": (0, 256, True, True),
+    "ct_fraction": (0.0, 1.0, True, True),
+    "val_fraction": (0.0, 1.0, True, False),
+    "val_batches_max": (1, math.inf, True, False),
+    "budget_margin_s": (0.0, math.inf, True, False),
+}
+
+
+def check_range(name: str, value, low, high, low_in: bool = True, high_in: bool = True) -> None:
+    """ValueError naming the setting, its value and the allowed range (NaN is never in range)."""
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    ok = number is not None and not math.isnan(number)
+    ok = ok and (number >= low if low_in else number > low) and (number <= high if high_in else number < high)
+    if not ok:
+        left, right = "[" if low_in else "(", "]" if high_in else ")"
+        raise ValueError(f"{name}={value!r}: must be a number in {left}{low:g}, {high:g}{right}")
 
 
 def validate_settings(s: TrainSettings) -> None:
     if s.amp not in {"auto", "bf16", "fp16", "off"}:
         raise ValueError(f"amp={s.amp!r}: choose auto, bf16, fp16 or off")
+    for name, bounds in RANGES.items():
+        check_range(name, getattr(s, name), *bounds)
     for name in ("epochs", "accum_steps", "micro_splits"):
         if getattr(s, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(s, name)}")

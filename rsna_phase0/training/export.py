@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from rsna_phase0.training.checkpoint import load_checkpoint
+from rsna_phase0.atomic import folder_write_problem
+from rsna_phase0.training.checkpoint import BEST, LAST, digest_path, load_checkpoint
 
 # run in a fresh interpreter: this process has MinkowskiEngine loaded already
 _VERIFY = """
@@ -28,9 +30,32 @@ def verify_loads_without_minkowski(path: Path) -> int:
     return int(done.stdout.strip().splitlines()[-1])
 
 
+def check_export_target(checkpoint: Path, out: Path) -> None:
+    """Refuse, before any work, an output that is a folder, the checkpoint itself, any training checkpoint, or
+    that cannot be written."""
+    if out.is_dir():
+        raise ValueError(f"{out}: is a folder; give the encoder a file name, e.g. {out / 'encoder.pt'}")
+    if out.exists():
+        if checkpoint.exists() and os.path.samefile(out, checkpoint):
+            raise ValueError(f"{out}: is the checkpoint being exported; write the encoder to another file")
+        if digest_path(out).exists() or ckpt_name(out.name):
+            raise ValueError(
+                f"{out}: is a training checkpoint; export-encoder never overwrites one, choose another file name"
+            )
+    problem = folder_write_problem(out.parent)
+    if problem:
+        raise ValueError(f"{out}: cannot write the encoder there: {problem}")
+
+
+def ckpt_name(name: str) -> bool:
+    return name in (LAST, BEST) or (name.startswith("checkpoint_epoch_") and name.endswith(".pt"))
+
+
 def export_encoder_file(checkpoint: str | Path, out: str | Path, verify: bool = True) -> str:
     from rsna_phase0.models.export import export_dense_encoder, save_dense_encoder
 
+    checkpoint, out = Path(checkpoint), Path(out)
+    check_export_target(checkpoint, out)
     state = load_checkpoint(checkpoint)
     encoder = export_dense_encoder({"preset": state["config"]["preset"], "model": state["model"]})
     path = save_dense_encoder(encoder, out)

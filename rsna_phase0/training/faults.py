@@ -2,6 +2,9 @@
 
 - RSNA_PHASE0_FAULT_SLOW_SAVE=SECONDS: pause inside every checkpoint write (temp file written, not yet renamed), so a test's
   SIGKILL can land in the middle of one.
+- RSNA_PHASE0_FAULT_SLOW_SCAN=SECONDS: every volume of a data scan (the trainer's preflight too) takes this long, so a
+  test's signal lands while the scan's worker processes run.
+- RSNA_PHASE0_FAULT_SLOW_CACHE=SECONDS: pause before each cache entry's data file is written (kills land mid-build).
 - RSNA_PHASE0_FAULT_HANG_AT_STEP=N: the loop stops making progress before step N (exercises the watchdog).
 - RSNA_PHASE0_FAULT_OOM_ABOVE=B: a micro-batch of more than B regions raises CUDA OutOfMemoryError (OOM back-off).
 - RSNA_PHASE0_FAULT_NAN_AT_STEP=N: the loss of step N becomes NaN.
@@ -20,6 +23,18 @@ def _int(name: str) -> int | None:
 
 def slow_save_seconds() -> float:
     return float(os.environ.get("RSNA_PHASE0_FAULT_SLOW_SAVE") or 0.0)
+
+
+def maybe_slow_scan() -> None:
+    delay = float(os.environ.get("RSNA_PHASE0_FAULT_SLOW_SCAN") or 0.0)
+    if delay:
+        time.sleep(delay)
+
+
+def maybe_slow_cache() -> None:
+    delay = float(os.environ.get("RSNA_PHASE0_FAULT_SLOW_CACHE") or 0.0)
+    if delay:
+        time.sleep(delay)
 
 
 def maybe_hang(step: int) -> None:

@@ -8,6 +8,8 @@ time estimate against the budget. Each failure raises PreflightError with the fi
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,8 @@ import torch
 
 from rsna_phase0.training.amp import AmpMode, autocast
 from rsna_phase0.training.rng import capture_rng, restore_rng
+
+METRICS_ROOM = 16 << 20  # metrics.jsonl, config.json, the plots
 
 
 class PreflightError(RuntimeError):
@@ -89,6 +93,55 @@ def check_environment(report: PreflightReport, *, must_match: bool, allow_mismat
     report.warn(f"the environment differs from the reference ({why}); `rsna-phase0 check-env` shows how to fix it")
 
 
+def check_data_dirs(mri_dirs: list[Path], ct_dirs: list[Path]) -> None:
+    """The data folders exist: checked first, before the run folder or its lock is created."""
+    if not mri_dirs and not ct_dirs:
+        raise PreflightError("no data: pass --mri-dir and/or --ct-dir")
+    for flag, folders in (("--mri-dir", mri_dirs), ("--ct-dir", ct_dirs)):
+        for folder in folders:
+            if not Path(folder).is_dir():
+                raise PreflightError(
+                    f"{flag} {folder}: {'is not a folder' if Path(folder).exists() else 'no such folder'}"
+                    " (on Kaggle data sets are under /kaggle/input/<dataset>/; check the path and that the data set is attached)"
+                )
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run folder and prove a file can be written in it, before any work (a scan can take 25 min)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PreflightError(f"--out {run_dir}: is a file, not a folder; give the run its own folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise PreflightError(
+            f"--out {run_dir}: cannot create or write the run folder ({exc.strerror or exc}); choose a writable place"
+        ) from None
+
+
+def check_disk_room(report: PreflightReport, run_dir: Path, checkpoint_bytes: int, files_kept: int) -> None:
+    """Room for two more checkpoints and the metrics, or the run is refused before it starts."""
+    needed = 2 * checkpoint_bytes + METRICS_ROOM
+    free = shutil.disk_usage(run_dir).free
+    detail = f"checkpoints ~{_size(checkpoint_bytes)} each, up to {files_kept} files kept (~{_size(files_kept * checkpoint_bytes)})"
+    if free < needed:
+        raise PreflightError(
+            f"disk: {run_dir} has {_size(free)} free; the run needs at least {_size(needed)} (two checkpoints and the "
+            f"metrics; {detail}); free space or choose --out on a larger disk"
+        )
+    report.add("disk", f"{_size(free)} free at {run_dir}; {detail}")
+    if free < files_kept * checkpoint_bytes + METRICS_ROOM:
+        report.warn(
+            f"{_size(free)} free at {run_dir} holds fewer than the {files_kept} checkpoint files this run keeps"
+        )
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**20:.0f} MB" if n < 2**30 else f"{n / 2**30:.1f} GB"
+
+
 def scan_data(
     report: PreflightReport,
     mri_dirs: list[Path],
@@ -98,15 +151,7 @@ def scan_data(
 ):
     """The manifest of the given folders: scanned now (every volume read), or `manifest_path` (a saved `data scan`)
     once it is shown to list exactly these folders' files, each with its recorded size."""
-    if not mri_dirs and not ct_dirs:
-        raise PreflightError("no data: pass --mri-dir and/or --ct-dir")
-    for flag, folders in (("--mri-dir", mri_dirs), ("--ct-dir", ct_dirs)):
-        for folder in folders:
-            if not folder.is_dir():
-                raise PreflightError(
-                    f"{flag} {folder}: {'is not a folder' if folder.exists() else 'no such folder'}"
-                    " (on Kaggle data sets are under /kaggle/input/<dataset>/; check the path and that the data set is attached)"
-                )
+    check_data_dirs(mri_dirs, ct_dirs)
     from rsna_phase0.data.manifest import load_checked_manifest, scan_dirs
 
     if manifest_path is None:

@@ -30,16 +30,39 @@ class ExitCode(IntEnum):
     SIGTERM = 143
 
 
+class Interrupted(BaseException):
+    """A signal that ends the run now (during preflight, or a second Ctrl-C): nothing is saved. A BaseException,
+    so that no `except Exception` on the way up swallows it."""
+
+    def __init__(self, signum: int, when: str) -> None:
+        self.signum = signum
+        self.when = when
+        super().__init__(f"{signal.Signals(signum).name} {when}")
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.SIGINT if self.signum == signal.SIGINT else ExitCode.SIGTERM
+
+
 class StopRequest:
-    """Set by SIGTERM/SIGINT; the loop checks it between steps, saves and leaves with 128 + signal."""
+    """Set by SIGTERM/SIGINT; the loop checks it between steps, saves and leaves with 128 + signal. While
+    `immediate` (preflight: nothing to save yet, and a scan can take 25 min) a signal raises Interrupted at once."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.immediate = False
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, _frame) -> None:
+        if self.immediate:
+            print(
+                f"\n[train] received {signal.Signals(signum).name} during preflight: stopping now (nothing to save)",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise Interrupted(signum, "during preflight")
         if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C means "now"
+            raise Interrupted(signum, "a second time: stopped without saving")  # a second Ctrl-C means "now"
         self.signum = signum
         print(
             f"\n[train] received {signal.Signals(signum).name}: saving last.pt after the current step",

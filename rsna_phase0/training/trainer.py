@@ -12,6 +12,7 @@ import fcntl
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from rsna_phase0.data.errors import VolumeError
 from rsna_phase0.models.losses import DIAGNOSTICS, LOSS_TERMS
 from rsna_phase0.training import checkpoint as ckpt
 from rsna_phase0.training import faults
@@ -39,8 +41,11 @@ from rsna_phase0.training.metrics import MetricsLog, plot_loss_curve
 from rsna_phase0.training.preflight import (
     PreflightError,
     PreflightReport,
+    check_data_dirs,
+    check_disk_room,
     check_environment,
     estimate_time,
+    prepare_run_dir,
     resolve_device,
     scan_data,
     smoke_step,
@@ -48,7 +53,7 @@ from rsna_phase0.training.preflight import (
 from rsna_phase0.training.preview import PREVIEW_NAME, preview_batches, write_preview
 from rsna_phase0.training.rng import capture_rng, restore_rng, seed_everything
 from rsna_phase0.training.schedule import WarmupCosine
-from rsna_phase0.training.survival import ExitCode, StopRequest, TimeBudget, Watchdog
+from rsna_phase0.training.survival import ExitCode, Interrupted, StopRequest, TimeBudget, Watchdog
 
 TERMS = LOSS_TERMS + DIAGNOSTICS  # what metrics.jsonl records per step and per validation
 # reasons the loop stops before the plan ends, in order of precedence when several ranks disagree
@@ -111,14 +116,18 @@ class RunLock:
         self.handle = None
 
     def __enter__(self) -> RunLock:
-        self.handle = open(self.path, "w")
+        self.handle = open(self.path, "a+")  # not "w": a refused second trainer must not erase the holder's PID
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "unknown"
             self.handle.close()
             raise TrainingError(
-                f"{self.path.parent} is in use by another training process (lock {self.path})"
+                f"{self.path.parent} is in use by another training process (PID {holder}, lock {self.path})"
             ) from None
+        self.handle.seek(0)
+        self.handle.truncate()
         self.handle.write(str(os.getpid()))
         self.handle.flush()
         return self
@@ -158,6 +167,8 @@ class Trainer:
         self.last_saved_step = -1
         self.env_report: dict = {}
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.is_main)
+        self.data_plan: dict = {}
+        self.data_changes: list[dict] = []  # allowed data changes on resume (allow_data_change), kept in checkpoints
         self._preview = None  # the fixed validation batches the preview is drawn on
 
     # ------------------------------------------------------------------ setup
@@ -170,16 +181,20 @@ class Trainer:
                 "--deterministic on the CPU needs OMP_NUM_THREADS=1 before Python starts (MinkowskiEngine's CPU "
                 "kernels use OpenMP threads that sum in varying order); run `OMP_NUM_THREADS=1 rsna-phase0 train ...`"
             )
+        check_data_dirs(self.request.mri_dirs, self.request.ct_dirs)  # before the run folder and its lock exist
+        if self.is_main:
+            prepare_run_dir(self.run_dir)
         init_distributed(self.dist, self.device)
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             self.lock = RunLock(self.run_dir).__enter__()
             for stale in ckpt.remove_stale_temps(self.run_dir):
                 log(f"removed {stale.name}, left by a write that was interrupted")
-        resume_path = ckpt.find_resume(self.run_dir, self.request.resume)
+        resume = ckpt.find_resume(self.run_dir, self.request.resume)
         self.resume_state = None
-        if resume_path is not None:
-            self.resume_state = ckpt.load_checkpoint(resume_path)
+        if resume is not None:
+            resume_path, self.resume_state = resume.path, resume.state
+            if resume.note and self.is_main:
+                log(resume.note)
             conflicts = resume_conflicts(self.resume_state["config"], self.config)
             if conflicts:
                 raise TrainingError(
@@ -215,6 +230,10 @@ class Trainer:
             )
             self._build_data(manifest)
             self._build_model()
+            if self.is_main:
+                params = sum(p.numel() * p.element_size() for p in self.model.parameters())
+                # weights + AdamW's two moments + buffers and RNG; every checkpoint file is a full copy
+                check_disk_room(report, self.run_dir, 3 * params + (1 << 20), self.settings.keep_last_k + 2)
             smoke_batches = self._smoke_batches()
             smoke_step(report, self.model, smoke_batches, self.device, self.amp)
         except PreflightError:
@@ -270,6 +289,7 @@ class Trainer:
             )
         except (ValueError, FileNotFoundError) as exc:
             raise PreflightError(f"data: {exc}") from exc
+        self.data_plan = self.data.fingerprint()
         for index, line in enumerate(self.data.describe().splitlines()):
             self.report.add("plan" if index == 0 else "", line)
 
@@ -348,6 +368,8 @@ class Trainer:
             "micro_splits": self.micro_splits,
             "best_val": self.best_val,
             "world_size": self.dist.world_size,
+            "data_plan": self.data_plan,
+            "data_changes": self.data_changes,
             "config": self.config,
             "env": self.env_report,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -363,6 +385,7 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, KeyError, ValueError) as exc:
             raise TrainingError(f"{where}: its state does not fit this model/optimiser ({exc})") from exc
+        self._check_data_plan(state)
         if self.dist.world_size == state.get("world_size", 1):
             restore_rng(state["rng"])  # the RNG of another world size's rank 0 would mean nothing here
         self.epoch = int(state["position"]["epoch"])
@@ -374,8 +397,29 @@ class Trainer:
         if dropped and self.is_main:
             log(f"metrics.jsonl: dropped {dropped} records written after the checkpoint's step {self.step}")
 
+    def _check_data_plan(self, state: dict) -> None:
+        """The data must be what the checkpoint trained on (files and sizes), unless allow_data_change says so."""
+        self.data_changes = list(state.get("data_changes", []))
+        before = state.get("data_plan")
+        if before is None:
+            log("the checkpoint records no data plan (written by an older version): the data cannot be compared")
+            return
+        if before["digest"] == self.data_plan["digest"]:
+            return
+        change = f"{_describe_plan(before)} then, {_describe_plan(self.data_plan)} now"
+        if not self.settings.allow_data_change:
+            raise TrainingError(
+                f"the data differ from what the checkpoint trained on: {change} (files or sizes changed). Pass the "
+                "same --mri-dir/--ct-dir, or --set allow_data_change=true to continue on the new data (recorded in "
+                "metrics.jsonl and the checkpoint)"
+            )
+        record = {"step": int(state["step"]), "before": before, "after": self.data_plan}
+        self.data_changes.append(record)
+        self.metrics.write({"kind": "data_change", **record})
+        log(f"data changed at step {state['step']} (allow_data_change): {change}")
+
     def save(self, names: list[str], *, from_watchdog: bool = False) -> float:
-        """Write the state as names[0] atomically, then give it the other names (hard links). Rank 0 only."""
+        """Write the state as names[0] atomically, then copy it to the other names (independent files). Rank 0 only."""
         if not self.is_main:
             return 0.0
         acquired = self.save_lock.acquire(timeout=5 if from_watchdog else -1)
@@ -385,7 +429,7 @@ class Trainer:
             first = self.run_dir / names[0]
             seconds = ckpt.save_checkpoint(self.state_dict(), first)
             for other in names[1:]:
-                ckpt.link_or_copy(first, self.run_dir / other)
+                ckpt.copy_checkpoint(first, self.run_dir / other)
         finally:
             self.save_lock.release()
         self.budget.observe_checkpoint(seconds)
@@ -631,40 +675,57 @@ class Trainer:
 
     def _loop(self) -> tuple[ExitCode, str]:
         s = self.settings
-        per_epoch = self.steps_per_epoch()
-        every_s = s.checkpoint_every_min * 60
         while self.epoch < s.epochs:
-            done_in_epoch = self.position // self.batches_per_step()
-            bar = self._progress_bar(per_epoch, done_in_epoch)
-            batches = self.data.train_batches(
-                self.epoch, start=self.position, rank=self.dist.rank, world_size=self.dist.world_size
-            )
             try:
-                for _ in range(done_in_epoch, per_epoch):
-                    reason = self._stop_reason()
-                    if reason != STOP_NONE:
-                        return self._stopped(reason)
-                    started = time.perf_counter()
-                    faults.maybe_hang(self.step + 1)
-                    step_batches = [next(batches) for _ in range(s.accum_steps)]
-                    lr = self.scheduler.lr
-                    terms = self._train_step(step_batches)
-                    self.scheduler.step()
-                    self.step += 1
-                    self.position += self.batches_per_step()
-                    self.in_update = False
-                    seconds = time.perf_counter() - started
-                    self.watchdog.beat()
-                    self.budget.observe_step(seconds)
-                    self._after_step(terms, lr, seconds, bar)
-                    if self.is_main and time.monotonic() - self.last_save_time >= every_s:
-                        self.save([ckpt.LAST])
-            finally:
-                if bar is not None:
-                    bar.close()
-            self._end_epoch()
+                reason = self._epoch()
+            except VolumeError as exc:
+                saved = "last.pt already held this step"
+                if self.last_saved_step != self.step:
+                    self.save([ckpt.LAST])  # the position has not moved past the batch that failed
+                    saved = f"saved last.pt at step {self.step} first"
+                raise TrainingError(
+                    f"a volume became unreadable during the run: {exc}; {saved}. Restore the file (or rebuild the "
+                    "cache with `rsna-phase0 data cache`), then continue with --resume auto"
+                ) from exc
+            if reason != STOP_NONE:
+                return self._stopped(reason)
             self.watchdog.beat()
         return ExitCode.OK, f"finished {s.epochs} epochs"
+
+    def _epoch(self) -> int:
+        """The rest of the current epoch; returns why it stopped early (STOP_NONE: it ended)."""
+        s = self.settings
+        per_epoch = self.steps_per_epoch()
+        done_in_epoch = self.position // self.batches_per_step()
+        bar = self._progress_bar(per_epoch, done_in_epoch)
+        batches = self.data.train_batches(
+            self.epoch, start=self.position, rank=self.dist.rank, world_size=self.dist.world_size
+        )
+        try:
+            for _ in range(done_in_epoch, per_epoch):
+                reason = self._stop_reason()
+                if reason != STOP_NONE:
+                    return reason
+                started = time.perf_counter()
+                faults.maybe_hang(self.step + 1)
+                step_batches = [next(batches) for _ in range(s.accum_steps)]
+                lr = self.scheduler.lr
+                terms = self._train_step(step_batches)
+                self.scheduler.step()
+                self.step += 1
+                self.position += self.batches_per_step()
+                self.in_update = False
+                seconds = time.perf_counter() - started
+                self.watchdog.beat()
+                self.budget.observe_step(seconds)
+                self._after_step(terms, lr, seconds, bar)
+                if self.is_main and time.monotonic() - self.last_save_time >= s.checkpoint_every_min * 60:
+                    self.save([ckpt.LAST])
+        finally:
+            if bar is not None:
+                bar.close()
+        self._end_epoch()
+        return STOP_NONE
 
     def _stopped(self, reason: int) -> tuple[ExitCode, str]:
         if self.last_saved_step != self.step:
@@ -687,12 +748,14 @@ class Trainer:
         )
         self.lock = None
         try:
+            self.stop_request.immediate = True  # until the loop starts, a signal ends the run at once
             self._prepare()
             if self.is_main:
                 ckpt.atomic_write_json(self.run_dir / "config.json", self.config)
                 if self.last_saved_step < 0 and self.step == 0:
                     seconds = self.save([ckpt.LAST])  # resumable from the start; measures the checkpoint time
                     log(f"checkpoint time {seconds:.2f} s (the time budget keeps room for it)")
+            self.stop_request.immediate = False
             self.watchdog.start()
             try:
                 code, reason = self._loop()
@@ -712,6 +775,11 @@ class Trainer:
                     f"{self.preset.name}: {self.run_dir.name}",
                 )
             return self._result(code, reason)
+        except Interrupted as exc:
+            saved = (
+                f"{ckpt.LAST} of step {self.last_saved_step} stands" if self.last_saved_step >= 0 else "nothing saved"
+            )
+            return self._result(exc.exit_code, f"stopped by {signal.Signals(exc.signum).name} {exc.when} ({saved})")
         finally:
             self.stop_request.uninstall()
             if self.lock is not None:
@@ -721,7 +789,8 @@ class Trainer:
     def _result(self, code: ExitCode, reason: str) -> RunResult:
         losses = self.session_losses
         k = max(1, min(5, len(losses) // 4))
-        files = sorted(p.name for p in self.run_dir.iterdir() if not p.name.startswith(".")) if self.is_main else []
+        shown = self.is_main and self.run_dir.is_dir()
+        files = sorted(p.name for p in self.run_dir.iterdir() if not p.name.startswith(".")) if shown else []
         # the first steps include warm-up (allocator, kernel maps): the median ignores them
         median = sorted(self.session_step_s)[len(self.session_step_s) // 2] if self.session_step_s else None
         regions = self.preset.batch_size * self.batches_per_step()
@@ -741,6 +810,10 @@ class Trainer:
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+def _describe_plan(plan: dict) -> str:
+    return f"{plan['volumes']} volumes (train {plan['train']}, validation {plan['validation']})"
 
 
 def run_training(request: RunRequest) -> RunResult:
