@@ -18,6 +18,7 @@ DEMO ?= runs/demo
 RESUME ?=
 EPOCHS ?= 25
 DEMO_ARGS ?=
+DEMO_FLAG = $(if $(filter-out runs/demo,$(DEMO)), DEMO=$(DEMO))
 # make test-fast: what is left out (the full suite is make test, what CI runs)
 FAST_MARKERS ?= not slow and not docker and not gpu
 
@@ -58,8 +59,8 @@ demo: setup ## synthetic data + the smoke preset on the CPU; again: RESUME=auto 
 		--ct-dir $(DEMO)/data/NIH_deeplesion/CT --out $(DEMO)/run --epochs $(EPOCHS) --time-budget 5m \
 		--allow-env-mismatch $(if $(RESUME),--resume $(RESUME)) $(DEMO_ARGS)
 	@echo "[demo] results in $(DEMO)/run: loss_curve.png, reconstruction.png, metrics.jsonl, best_model.pt"
-	@echo "[demo] again: make demo RESUME=auto EPOCHS=$$(( $(EPOCHS) + 25 )) DEMO=$(DEMO) (continue this run)," \
-		"or make demo DEMO=runs/demo2 (a new one)"
+	@echo "[demo] again: make demo RESUME=auto$(DEMO_FLAG) continues this run (add EPOCHS=$$(( $(EPOCHS) + 25 )) to" \
+		"train past $(EPOCHS) epochs); make demo DEMO=runs/demo2 starts a new one"
 
 test: setup ## the whole suite, what CI runs (GPU tests skip on CPU machines with the reason); lists the 15 slowest
 	$(BIN)/python -m pytest -q --durations=15

@@ -231,13 +231,17 @@ def estimate_time(
     done_steps: int,
     budget_s: float | None,
     elapsed_s: float,
+    max_steps: int | None = None,
 ) -> None:
     total_steps = steps_per_epoch * epochs
+    until = f"{epochs} epochs"
+    if max_steps is not None and max_steps < total_steps:
+        total_steps, until = max_steps, f"--max-steps {max_steps}"
     epoch_s = step_s * steps_per_epoch
     remaining_steps = max(0, total_steps - done_steps)
     text = (
         f"~{step_s:.2f} s/step, {steps_per_epoch} steps/epoch = {_fmt(epoch_s)}/epoch; "
-        f"{remaining_steps} steps left = {_fmt(remaining_steps * step_s)}"
+        f"{remaining_steps} steps left (to {until}) = {_fmt(remaining_steps * step_s)}"
     )
     if budget_s is not None:
         left = budget_s - elapsed_s
