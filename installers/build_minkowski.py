@@ -42,6 +42,7 @@ for _path in (str(_HERE), str(_HERE.parent)):  # sibling helpers; the repo root:
 
 from minkowski_common import BuildError, version_tuple  # noqa: E402
 from minkowski_fixes import APPLIED, FIXER_REVISION, PRESENT, BuildTarget, apply_fixes, needed_fixes  # noqa: E402
+from minkowski_progress import HEARTBEAT_S, Heartbeat, progress_line  # noqa: E402
 from minkowski_source import Source, locate, materialize  # noqa: E402
 from minkowski_toolchain import (  # noqa: E402
     Toolchain,
@@ -73,9 +74,6 @@ _OOM_PATTERNS = re.compile(
     r"Killed signal terminated program|signal 9|\bKilled\b|virtual memory exhausted|out of memory"
 )
 _ENOSPC_PATTERN = re.compile(r"No space left on device")
-# ninja progress: "[ 5/13] c++ -MMD ... -c /tmp/.../src/convolution_cpu.cpp -o ..."
-_NINJA_STEP = re.compile(r"^\s*\[\s*(\d+)/(\d+)\]\s+(.*)$")
-_COMPILED_FILE = re.compile(r"(?:-c|--compile)\s+(\S+\.(?:cpp|cu|cc))\b|(\S+\.(?:cpp|cu|cc))\s+-o\s")
 _ARCH = re.compile(r"^\d+\.\d+(\+PTX)?$")
 # CUDA 13 dropped sm_50..sm_72 (Maxwell, Pascal, Volta): nvcc 13 refuses those archs.
 _MIN_ARCH_FOR_CUDA = {13: (7, 5)}
@@ -273,20 +271,10 @@ def build_env(python: str, *, jobs: int, archs: str | None) -> dict[str, str]:
     return env
 
 
-def progress_line(line: str, started: float) -> str | None:
-    """'[ 5/13] compiling convolution_cpu.cpp (1m12s)' for a ninja step line, else None."""
-    step = _NINJA_STEP.match(line)
-    if not step:
-        return None
-    done, total, rest = step.groups()
-    found = _COMPILED_FILE.search(rest)
-    what = f"compiling {Path(found.group(1) or found.group(2)).name}" if found else rest.split()[0].rsplit("/", 1)[-1]
-    elapsed = int(time.monotonic() - started)
-    return f"[{int(done):>2}/{total}] {what} ({elapsed // 60}m{elapsed % 60:02d}s)"
-
-
-def run_logged(cmd: list[str], *, env: dict, cwd: Path, log_file, say: Callable[[str], None]) -> tuple[int, list[str]]:
-    """Run `cmd`, writing everything to `log_file` and a short progress line per ninja step to `say`."""
+def run_logged(
+    cmd: list[str], *, env: dict, cwd: Path, log_file, say: Callable[[str], None], heartbeat_s: float = HEARTBEAT_S
+) -> tuple[int, list[str]]:
+    """Run `cmd`, writing everything to `log_file`, a short progress line per ninja step and a heartbeat to `say`."""
     tail: collections.deque[str] = collections.deque(maxlen=60)
     started = time.monotonic()
     log_file.write(
@@ -298,13 +286,14 @@ def run_logged(cmd: list[str], *, env: dict, cwd: Path, log_file, say: Callable[
     )
     try:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            log_file.write(line)
-            tail.append(line.rstrip("\n"))
-            progress = progress_line(line, started)
-            if progress:
-                say(progress)
-        return proc.wait(), list(tail)
+        with Heartbeat(say, cwd, interval=heartbeat_s) as heartbeat:
+            for line in proc.stdout:
+                log_file.write(line)
+                tail.append(line.rstrip("\n"))
+                progress = progress_line(line, started)
+                if progress:
+                    heartbeat.line(progress)
+            return proc.wait(), list(tail)
     except BaseException:
         proc.kill()
         proc.wait()
@@ -333,7 +322,7 @@ def compile_wheel(
             say(
                 f"compiling with MAX_JOBS={n_jobs}"
                 + (f", TORCH_CUDA_ARCH_LIST={archs}" if archs else "")
-                + f"; log {log_path}"
+                + f"; log {log_path}; a line every {HEARTBEAT_S:.0f} s (the first objects take 1-2 min on 2 cores)"
             )
             rc, tail = run_logged(
                 cmd, env=build_env(python, jobs=n_jobs, archs=archs), cwd=tree, log_file=log_file, say=say

@@ -628,6 +628,27 @@ def test_progress_line():
     assert bm.progress_line("building 'MinkowskiEngineBackend._C' extension", started=0.0) is None
 
 
+def test_a_silent_compile_still_reports_progress(tmp_path):
+    """The build prints nothing until its first object is done (over a minute): the heartbeat fills the silence
+    with the elapsed time and the objects finished so far, and a step line passes through as it comes."""
+    script = (
+        "import pathlib, time; time.sleep(0.7); pathlib.Path('build/temp').mkdir(parents=True);"
+        "pathlib.Path('build/temp/a.o').touch(); print('[1/2] c++ -c src/a.cpp -o build/temp/a.o', flush=True);"
+        "time.sleep(0.7)"
+    )
+    said = []
+    with open(tmp_path / "log.txt", "w") as log:
+        command = [sys.executable, "-c", script]
+        rc, _ = bm.run_logged(
+            command, env=dict(os.environ), cwd=tmp_path, log_file=log, say=said.append, heartbeat_s=0.2
+        )
+    assert rc == 0
+    step = next(i for i, s in enumerate(said) if s.startswith("[ 1/2] compiling a.cpp ("))
+    before, after = said[:step], said[step + 1 :]
+    assert before and all(s.startswith("  still compiling: 0m00s elapsed, 0 objects built") for s in before), said
+    assert after and all(s.endswith(" elapsed, 1 of 2 objects built") for s in after), said
+
+
 # ---- wheel metadata ------------------------------------------------------------------------------------------
 
 

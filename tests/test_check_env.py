@@ -265,6 +265,65 @@ def test_cpu_stand_in_spec_reports_torch_parity_and_gpu_rows_as_info(tmp_path):
     assert "build_minkowski.py --cpu-only" in row.fix
 
 
+def dev_machine_probes() -> dict:
+    """A CPU development machine set up by `make setup`: the reference spec's [dev_torch], MinkowskiEngine CPU-only
+    compiled against it from the PyPI sdist, no NVIDIA driver."""
+    dev = REFERENCE.dev_torch
+    probed = reference_probes(load_spec_like_cpu(dev.version))
+    probed["minkowski"]["build"]["source"] = {"kind": "sdist", "id": REFERENCE.minkowski.sdist_sha256}
+    return probed
+
+
+def load_spec_like_cpu(version):
+    import dataclasses
+
+    return dataclasses.replace(REFERENCE, torch_version=version, torch_cuda="cpu")
+
+
+def test_declared_dev_stand_in_is_said_plainly_with_exit_3():
+    assert REFERENCE.dev_torch is not None, "env/reference.toml declares no [dev_torch]"
+    result = run_check(spec=REFERENCE, collected=dev_machine_probes())
+    rows, table = rows_by_field(result), render_table(result)
+    assert result.exit_code == parity.EXIT_STAND_IN == 3, table
+    assert rows["torch"].status == rows["torch CUDA build"].status == parity.STAND_IN
+    assert (rows["torch"].expected, rows["torch"].found) == ("2.4.0", f"{REFERENCE.dev_torch.version}+cpu")
+    # judged as a CPU machine: no CUDA rows fail, MinkowskiEngine must be CPU-only and built against the stand-in
+    assert rows["MinkowskiEngine CUDA support"].status == OK and rows["nvcc"].status == INFO
+    assert rows["MinkowskiEngine compiled against torch"].status == OK
+    assert "development stand-in (expected on a CPU dev machine)" in table
+    assert "MISMATCH" not in table and "NOT THE REFERENCE" not in table
+    assert "pip install" not in table and "to fix:" not in table  # never replace torch under a compiled extension
+    assert "rebuild it: python installers/build_minkowski.py --cpu-only" in table
+    assert "make docker-build" in table and "installers/kaggle_setup.py" in table
+    assert run_check(spec=REFERENCE, collected=dev_machine_probes(), strict=True).exit_code == 1  # a warning: sdist
+
+
+def test_dev_stand_in_with_a_broken_extension_is_a_mismatch():
+    probed = dev_machine_probes()
+    probed["minkowski"]["build"]["torch"] = "2.12.0+cpu"
+    result = run_check(spec=REFERENCE, collected=probed)
+    rows = rows_by_field(result)
+    assert result.exit_code == 1 and rows["torch"].status == parity.STAND_IN
+    assert rows["MinkowskiEngine compiled against torch"].status == MISMATCH
+    assert result.fixes == [
+        "rebuild MinkowskiEngine: it was compiled against torch 2.12.0+cpu, running "
+        f"{REFERENCE.dev_torch.version}+cpu: python installers/build_minkowski.py --cpu-only"
+    ]
+
+
+def test_other_cpu_torch_without_a_gpu_is_told_where_the_reference_runs():
+    probed = dev_machine_probes()
+    probed["torch"]["version"] = probed["minkowski"]["build"]["torch"] = "2.12.0+cpu"
+    result = run_check(spec=REFERENCE, collected=probed)
+    assert result.exit_code == 1
+    fix = rows_by_field(result)["torch"].fix
+    assert fix.startswith("this machine has no NVIDIA driver: the reference torch 2.4.0 (CUDA 12.1) comes with the")
+    dev = REFERENCE.dev_torch
+    assert f"pip install torch=={dev.version} --index-url {dev.index_url}" in fix
+    assert "--index-url https://download.pytorch.org/whl/cu121" not in fix
+    assert fix.endswith("(then rebuild MinkowskiEngine: python installers/build_minkowski.py --cpu-only)")
+
+
 def test_torch_not_importable_is_exit_code_2():
     probed = reference_probes()
     probed["torch"] = probes.failed("import torch failed: ModuleNotFoundError: No module named 'torch'")
@@ -350,6 +409,10 @@ def test_require_parity_refuses_unless_allowed(monkeypatch):
     logged = []
     assert require_parity(allow_mismatch=True, log=logged.append).exit_code == 1
     assert "numpy" in logged[0]
+    monkeypatch.setattr(probes, "collect", lambda *a, **k: dev_machine_probes())
+    with pytest.raises(EnvironmentMismatch, match="development stand-in"):
+        require_parity()
+    assert require_parity(allow_mismatch=True, log=logged.append).exit_code == 3
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,3 +104,18 @@ def test_load_rejects_foreign_files(tmp_path):
         load_dense_encoder(bad)
     with pytest.raises(FileNotFoundError, match="no such exported encoder"):
         load_dense_encoder(tmp_path / "missing.pt")
+
+
+def test_readme_use_the_encoder_snippet_runs(tmp_path):
+    """The README's "Use the encoder" block, as written, against an exported smoke encoder (what `make demo` trains)."""
+    import re
+
+    from rsna_phase0.presets import get_preset
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Use the encoder") :]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    save_dense_encoder(export_dense_encoder(SparseWaveEncoder(get_preset("smoke")).eval()), tmp_path / "encoder.pt")
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[(1, 16, 32, 32, 32), (1, 32, 16, 16, 16), (1, 64, 8, 8, 8)]"

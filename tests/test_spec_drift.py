@@ -120,6 +120,14 @@ def test_makefile_installs_the_pins_from_the_spec():
     assert pin_differences(parse_pins(makefile), spec_pins(include_dev=True), require_all=False) == []
 
 
+def test_makefile_dev_torch_is_the_declared_stand_in():
+    """check-env calls only [dev_torch] a development stand-in, so `make setup` must install exactly that."""
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    found = re.search(r"^DEV_TORCH \?= (\S+)$", makefile, re.M)
+    assert found, "Makefile: no DEV_TORCH ?= line"
+    assert SPEC.dev_torch is not None and found.group(1) == SPEC.dev_torch.version
+
+
 def repo_text_files() -> list[Path]:
     """Files of the checkout (tracked or new, not ignored), tests and design notes excluded."""
     done = subprocess.run(

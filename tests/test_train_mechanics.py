@@ -17,7 +17,7 @@ from rsna_phase0.training.config import (
     resolve_config,
     resume_conflicts,
 )
-from rsna_phase0.training.metrics import MetricsLog, plot_loss_curve, read_metrics
+from rsna_phase0.training.metrics import MetricsLog, plot_loss_curve, read_metrics, term_curves
 from rsna_phase0.training.rng import capture_rng, restore_rng
 from rsna_phase0.training.schedule import WarmupCosine
 from rsna_phase0.training.survival import TimeBudget
@@ -191,3 +191,34 @@ def test_metrics_truncate_and_plot(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
     assert plot_loss_curve(tmp_path / "metrics.jsonl", tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plotted_terms_are_weighted_as_in_the_loss():
+    weights = {"recon_global": 1.0, "recon_local": 1.0, "align": 0.1}
+    terms = {"recon_global": 0.8, "recon_local": 0.6, "align": 0.5}
+    loss = sum(weights[k] * v for k, v in terms.items())
+    curves = term_curves([{"kind": "train", "step": 1, "loss": loss, **terms}], weights)
+    assert list(curves) == ["1 x recon_global", "1 x recon_local", "0.1 x align"]
+    assert sum(ys[0] for _, ys in curves.values()) == pytest.approx(loss)  # the panels add up
+    assert term_curves([{"step": 1, **terms}], None)["align"] == ([1], [0.5])  # unweighted: labelled bare
+
+
+def test_estimate_honours_max_steps():
+    from rsna_phase0.training.preflight import PreflightReport, estimate_time
+
+    def estimate(**kw):
+        report = PreflightReport()
+        estimate_time(report, step_s=1.0, steps_per_epoch=20, epochs=8, budget_s=None, elapsed_s=0.0, **kw)
+        return report.lines[0]
+
+    assert "3 steps left (to --max-steps 3) = 3s" in estimate(done_steps=0, max_steps=3)
+    assert "1 steps left (to --max-steps 3)" in estimate(done_steps=2, max_steps=3)
+    assert "160 steps left (to 8 epochs) = 2m40s" in estimate(done_steps=0, max_steps=500)
+    assert "160 steps left (to 8 epochs)" in estimate(done_steps=0)
+
+
+def test_summary_says_what_the_losses_average():
+    from rsna_phase0.training.trainer import ExitCode, RunResult
+
+    result = RunResult(ExitCode.OK, "finished 8 epochs", 160, 8, first_loss=1.4778, last_loss=1.057, loss_window=5)
+    assert "train loss 1.4778 -> 1.0570 (mean of the first 5 / last 5 steps of this session)" in result.summary()

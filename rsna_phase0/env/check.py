@@ -9,10 +9,11 @@ Standard library only at import time.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from rsna_phase0.env import parity, probes, report_rules, spec_rules
-from rsna_phase0.env.parity import MISMATCH, WARNING, ParityResult, Row
+from rsna_phase0.env.parity import EXIT_MISMATCH, EXIT_STAND_IN, MISMATCH, STAND_IN, WARNING, ParityResult, Row
 from rsna_phase0.env.report import load_report, make_report
 from rsna_phase0.env.spec import Spec, load_spec
 
@@ -66,7 +67,7 @@ def require_parity(strict: bool = False, allow_mismatch: bool = False, log=print
     if result.exit_code == 0:
         return result
     table = render_table(result)
-    if allow_mismatch and result.exit_code == 1:
+    if allow_mismatch and result.exit_code in (EXIT_MISMATCH, EXIT_STAND_IN):
         log(f"WARNING: the environment differs from the reference; continuing as asked (--allow-env-mismatch)\n{table}")
         return result
     raise EnvironmentMismatch(f"the environment is not the reference one:\n{table}")
@@ -98,10 +99,22 @@ def render_table(result: ParityResult, width: int = 64) -> str:
         lines.append("to fix:")
         lines += [f"  {fix}" for fix in result.fixes]
     counts = result.counts
-    verdict = {0: "PARITY", 1: "NOT THE REFERENCE ENVIRONMENT", 2: "COULD NOT PROBE"}[result.exit_code]
+    verdict = {0: "PARITY", 1: "NOT THE REFERENCE ENVIRONMENT", 2: "COULD NOT PROBE"}.get(result.exit_code)
     strict = " (--strict: warnings fail)" if result.strict and counts[WARNING] else ""
+    tally = f"{counts[MISMATCH]} mismatch(es), {counts[WARNING]} warning(s){strict}; exit {result.exit_code}"
     lines.append("")
-    lines.append(
-        f"{verdict}: {counts[MISMATCH]} mismatch(es), {counts[WARNING]} warning(s){strict}; exit {result.exit_code}"
-    )
+    lines.append(f"{verdict}: {tally}" if verdict else stand_in_verdict(result, tally))
     return "\n".join(lines)
+
+
+def stand_in_verdict(result: ParityResult, tally: str) -> str:
+    """Exit 3: everything else matches and torch is the spec's declared CPU stand-in."""
+    torch = next(r for r in result.rows if r.field == "torch" and r.status == STAND_IN)
+    spec = load_spec(result.report.get("spec_path"))
+    rebuild = parity.minkowski_fix(dataclasses.replace(spec, torch_cuda=parity.CPU))
+    return (
+        f"development stand-in (expected on a CPU dev machine): torch {torch.found} is the declared stand-in for the "
+        f"reference {torch.expected}; no other mismatch: {tally}\n"
+        f"Keep this torch: MinkowskiEngine here was compiled against it (after changing torch, rebuild it: {rebuild}). "
+        f"For the reference environment itself: {parity.reference_elsewhere(spec)}."
+    )

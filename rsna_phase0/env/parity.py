@@ -4,7 +4,8 @@ Statuses: ok; MISMATCH (must be identical: torch release and CUDA build, cuDNN, 
 MinkowskiEngine version, source and the torch/CUDA/Python it was compiled against, and it must run); warning
 (a severity the user chooses with --strict: Python minor, driver, GPU and arch coverage, nvcc, dev packages, how
 MinkowskiEngine was built); info (facts with no rule, or rules that do not apply, e.g. GPU rows with a CPU torch).
-Every MISMATCH row carries the command that fixes it. The rules live in spec_rules.py (this machine against the
+dev stand-in (the torch rows on a CPU development machine running the spec's declared [dev_torch]: expected there,
+not the reference; exit 3). Every MISMATCH row carries the command that fixes it. The rules live in spec_rules.py (this machine against the
 spec) and report_rules.py (against another machine's report). Standard library only.
 """
 
@@ -18,6 +19,9 @@ from rsna_phase0.env.probes import COULD_NOT_COLLECT, is_failed
 from rsna_phase0.env.spec import Spec
 
 OK, MISMATCH, WARNING, INFO = "ok", "MISMATCH", "warning", "info"
+STAND_IN = "dev stand-in"
+# Exit codes of check-env: a stand-in is neither parity (0) nor broken (1).
+EXIT_PARITY, EXIT_MISMATCH, EXIT_NO_PROBE, EXIT_STAND_IN = 0, 1, 2, 3
 CPU = "cpu"  # [torch] cuda = "cpu" in a spec: a CPU build of torch (torch.version.cuda is None)
 BUILD_MINKOWSKI = "python installers/build_minkowski.py"
 
@@ -41,15 +45,15 @@ class ParityResult:
     counts: dict = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        self.counts = {s: sum(r.status == s for r in self.rows) for s in (OK, MISMATCH, WARNING, INFO)}
+        self.counts = {s: sum(r.status == s for r in self.rows) for s in (OK, MISMATCH, WARNING, INFO, STAND_IN)}
 
     @property
     def exit_code(self) -> int:
         if self.problem:
-            return 2
+            return EXIT_NO_PROBE
         if self.counts[MISMATCH] or (self.strict and self.counts[WARNING]):
-            return 1
-        return 0
+            return EXIT_MISMATCH
+        return EXIT_STAND_IN if self.counts[STAND_IN] else EXIT_PARITY
 
     @property
     def fixes(self) -> list[str]:
@@ -106,6 +110,13 @@ def torch_fix(spec: Spec, *, force: bool = False) -> str:
     return (
         f"pip install {force_flag}torch=={spec.torch_version} --index-url {spec.torch_index_url}"
         f"  (then rebuild MinkowskiEngine: {minkowski_fix(spec)})"
+    )
+
+
+def reference_elsewhere(spec: Spec) -> str:
+    return (
+        f"the reference torch {spec.torch_version} (CUDA {spec.torch_cuda}) comes with the Docker image "
+        "(make docker-build) or the Kaggle installer (python installers/kaggle_setup.py)"
     )
 
 

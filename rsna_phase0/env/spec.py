@@ -29,6 +29,14 @@ class MinkowskiSpec:
 
 
 @dataclass(frozen=True)
+class DevTorch:
+    """[dev_torch]: the torch a CPU development machine runs instead of the reference one (a CPU build)."""
+
+    version: str
+    index_url: str
+
+
+@dataclass(frozen=True)
 class Spec:
     path: Path
     python_minor: str
@@ -41,6 +49,7 @@ class Spec:
     packages: dict[str, str]
     dev_packages: dict[str, str]
     minkowski: MinkowskiSpec
+    dev_torch: DevTorch | None = None  # None: the spec declares no stand-in
 
     @property
     def cuda_major(self) -> str:
@@ -79,9 +88,21 @@ def load_spec(path: str | os.PathLike | None = None) -> Spec:
             packages={str(k): str(v) for k, v in raw["packages"].items()},
             dev_packages={str(k): str(v) for k, v in raw["dev_packages"].items()},
             minkowski=MinkowskiSpec(**{f: str(me[f]) for f in MinkowskiSpec.__dataclass_fields__}),
+            dev_torch=_dev_torch(raw, path),
         )
     except KeyError as exc:
         raise SpecError(f"{path}: missing key {exc}") from None
+
+
+def _dev_torch(raw: dict, path: Path) -> DevTorch | None:
+    section = raw.get("dev_torch")
+    if section is None:
+        return None
+    if str(section["cuda"]) != "cpu":
+        raise SpecError(
+            f"{path}: [dev_torch] cuda must be \"cpu\" (the stand-in is a CPU build), not {section['cuda']!r}"
+        )
+    return DevTorch(version=str(section["version"]), index_url=str(section["index_url"]))
 
 
 def pip_requirements(spec: Spec, *, include_torch: bool = True, include_dev: bool = False) -> list[str]:

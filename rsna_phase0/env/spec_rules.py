@@ -4,9 +4,13 @@ MUST be identical (MISMATCH): torch release and CUDA build, cuDNN, every [packag
 source and the torch/CUDA/Python it was compiled against, and that it imports and convolves correctly. A severity
 the user chooses (warning; --strict fails it): Python minor, NVIDIA driver, GPU model and arch coverage, nvcc,
 [dev_packages], how MinkowskiEngine was built. With [torch] cuda = "cpu" the CUDA-only rows are info.
+A CPU torch of the spec's [dev_torch] release is the declared development stand-in: its torch rows say so (exit 3)
+and every other row is judged as for a CPU spec with that torch, so MinkowskiEngine must match the stand-in.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from rsna_phase0.env.archs import arch_covers, parse_archs
 from rsna_phase0.env.parity import (
@@ -15,11 +19,13 @@ from rsna_phase0.env.parity import (
     INFO,
     MISMATCH,
     OK,
+    STAND_IN,
     WARNING,
     Row,
     gpu_text,
     minkowski_cuda_text,
     minkowski_fix,
+    reference_elsewhere,
     release,
     show,
     source_text,
@@ -45,13 +51,46 @@ def python_rows(probes: dict, spec: Spec) -> list[Row]:
     ]
 
 
-def torch_rows(torch: dict, spec: Spec) -> list[Row]:
+def stand_in_spec(probes: dict, spec: Spec) -> Spec | None:
+    """The spec as a machine running the declared CPU stand-in sees it ([dev_torch] for [torch]), else None."""
+    dev, torch = spec.dev_torch, probes.get("torch", {})
+    if dev is None or spec.torch_cuda == CPU or is_failed(torch) or torch.get("cuda") is not None:
+        return None
+    if release(torch.get("version", "")) != dev.version:
+        return None
+    return dataclasses.replace(spec, torch_version=dev.version, torch_cuda=CPU, torch_index_url=dev.index_url)
+
+
+def stand_in_rows(torch: dict, spec: Spec) -> list[Row]:
+    """No fix on purpose: replacing torch under a compiled MinkowskiEngine breaks it, and the reference needs a GPU."""
+    return [
+        Row("torch", spec.torch_version, torch.get("version", "?"), STAND_IN),
+        Row("torch CUDA build", spec.torch_cuda, CPU, STAND_IN),
+        Row("cuDNN", "n/a (CPU stand-in)", "none" if torch.get("cudnn") is None else str(torch["cudnn"]), INFO),
+    ]
+
+
+def torch_fix_here(probes: dict, spec: Spec, *, force: bool = False) -> str:
+    """The torch fix for this machine: without an NVIDIA driver the CUDA reference cannot run here at all."""
+    has_driver = bool((probes.get("nvidia_smi") or {}).get("driver"))
+    if spec.torch_cuda == CPU or has_driver or spec.dev_torch is None:
+        return torch_fix(spec, force=force)
+    dev = spec.dev_torch
+    return (
+        f"this machine has no NVIDIA driver: {reference_elsewhere(spec)}; for CPU development install the "
+        f"declared stand-in: pip install torch=={dev.version} --index-url {dev.index_url}  (then rebuild "
+        f"MinkowskiEngine: {minkowski_fix(dataclasses.replace(spec, torch_cuda=CPU))})"
+    )
+
+
+def torch_rows(probes: dict, spec: Spec) -> list[Row]:
+    torch = probes.get("torch", {})
     if is_failed(torch):
-        return [Row("torch", spec.torch_version, show(torch), MISMATCH, torch_fix(spec))]
+        return [Row("torch", spec.torch_version, show(torch), MISMATCH, torch_fix_here(probes, spec))]
     found_version, found_cuda = torch.get("version", "?"), torch_cuda_of(torch)
     same_release, same_cuda = release(found_version) == spec.torch_version, found_cuda == spec.torch_cuda
     # One command fixes all three rows; with the right release pip thinks torch is satisfied: --force-reinstall.
-    fix = torch_fix(spec, force=same_release)
+    fix = torch_fix_here(probes, spec, force=same_release)
     cudnn = torch.get("cudnn")
     cudnn_found = "none" if cudnn is None else str(cudnn)
     rows = [
@@ -196,7 +235,9 @@ def minkowski_spec_rows(probes: dict, spec: Spec) -> list[Row]:
     if cpu_spec:
         rows.append(Row("MinkowskiEngine CUDA support", "no (CPU torch)", cuda, OK if cuda == "no" else INFO))
     else:
-        rows.append(Row("MinkowskiEngine CUDA support", "yes", cuda, OK if cuda == "yes" else MISMATCH, fix))
+        cpu_torch = torch_cuda_of(probes.get("torch") or {}) == CPU
+        cuda_fix = f"{fix}, after installing a CUDA torch (the torch row)" if cpu_torch else fix
+        rows.append(Row("MinkowskiEngine CUDA support", "yes", cuda, OK if cuda == "yes" else MISMATCH, cuda_fix))
     record = me.get("build")
     if not record:
         why = me.get("build_problem") or "absent (not built by installers/build_minkowski.py)"
@@ -269,9 +310,14 @@ def minkowski_self_rows(probes: dict, spec: Spec | None = None) -> list[Row]:
 
 
 def compare_with_spec(probes: dict, spec: Spec) -> list[Row]:
+    dev_spec = stand_in_spec(probes, spec)
+    if dev_spec is None:
+        torch = torch_rows(probes, spec)
+    else:  # the rest is judged against the stand-in: MinkowskiEngine must be built for it, CPU-only
+        torch, spec = stand_in_rows(probes["torch"], spec), dev_spec
     return (
         python_rows(probes, spec)
-        + torch_rows(probes.get("torch", {}), spec)
+        + torch
         + gpu_rows(probes, spec)
         + nvcc_rows(probes.get("nvcc", {}), spec)
         + package_rows(probes, spec)

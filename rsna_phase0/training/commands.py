@@ -53,7 +53,13 @@ def _duration(_ctx, _param, value):
 @click.option(
     "--max-steps", type=int, default=None, help="stop after N optimiser steps (the lr schedule follows --epochs)"
 )
-@click.option("--epochs", type=int, default=None)
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help="total epochs of the run (the lr schedule's length; smoke preset: 8, else 100); raise it with --resume "
+    "auto to train on",
+)
 @click.option(
     "--config",
     "config_file",

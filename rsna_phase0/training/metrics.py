@@ -69,8 +69,27 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "") -> bool:
-    """Draw train loss (raw and smoothed), its terms and the validation loss; False when there is nothing yet."""
+TERMS = ("recon_global", "recon_local", "align")
+
+
+def term_curves(train: list[dict], weights: dict[str, float] | None) -> dict[str, tuple[list[int], list[float]]]:
+    """Each loss term per step, times its weight in the loss when `weights` is given (then they add up to the loss)."""
+    curves = {}
+    for term in TERMS:
+        points = [(r["step"], r[term]) for r in train if r.get(term) is not None]
+        if not points:
+            continue
+        weight = 1.0 if weights is None else weights[term]
+        label = term if weights is None else f"{weight:g} x {term}"
+        curves[label] = ([s for s, _ in points], [weight * v for _, v in points])
+    return curves
+
+
+def plot_loss_curve(
+    metrics_path: Path, png_path: Path, title: str = "", weights: dict[str, float] | None = None
+) -> bool:
+    """Draw train loss (raw and smoothed), its terms (weighted as in the loss, or labelled unweighted) and the
+    validation loss; False when there is nothing yet."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,12 +110,10 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "") -> bool
         ax_total.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", color="tab:red", label="validation")
     ax_total.set(xlabel="optimiser step", ylabel="loss", title=title or "loss")
     ax_total.legend()
-    for term in ("recon_global", "recon_local", "align"):
-        points = [(r["step"], r[term]) for r in train if r.get(term) is not None]
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax_terms.plot(xs, _smooth(list(ys), window), label=term)
-    ax_terms.set(xlabel="optimiser step", ylabel="loss term (smoothed)", title="terms")
+    for label, (xs, ys) in term_curves(train, weights).items():
+        ax_terms.plot(xs, _smooth(ys, window), label=label)
+    how = "weighted as in the loss: they add up to it" if weights is not None else "unweighted"
+    ax_terms.set(xlabel="optimiser step", ylabel=f"loss term (smoothed, mean of {window})", title=f"terms ({how})")
     ax_terms.legend()
     fig.tight_layout()
     atomic_write(png_path, lambda handle: fig.savefig(handle, format="png", dpi=90))

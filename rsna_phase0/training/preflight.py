@@ -71,12 +71,17 @@ def resolve_device(requested: str, preset_name: str, local_rank: int = 0) -> tor
 def check_environment(report: PreflightReport, *, must_match: bool, allow_mismatch: bool) -> None:
     """check-env's verdict; a mismatch stops GPU runs unless --allow-env-mismatch (the CPU smoke run only reports)."""
     from rsna_phase0.env.check import run_check
-    from rsna_phase0.env.parity import MISMATCH
+    from rsna_phase0.env.parity import MISMATCH, STAND_IN
 
     result = run_check()
     report.env_report = result.report
-    verdict = {0: "parity with env/reference.toml", 1: "MISMATCH", 2: "could not probe"}.get(result.exit_code, "?")
-    differing = [row for row in result.rows if row.status == MISMATCH]
+    verdict = {
+        0: "parity with env/reference.toml",
+        1: "MISMATCH",
+        2: "could not probe",
+        3: "development stand-in (expected on a CPU dev machine; not the reference)",
+    }.get(result.exit_code, "?")
+    differing = [row for row in result.rows if row.status in (MISMATCH, STAND_IN)]
     detail = "; ".join(f"{row.field} {row.found} (want {row.expected})" for row in differing[:3])
     detail += f" (+{len(differing) - 3} more)" if len(differing) > 3 else ""
     detail = result.problem or detail
@@ -89,6 +94,8 @@ def check_environment(report: PreflightReport, *, must_match: bool, allow_mismat
             f"environment check: {verdict}: {detail}. Fix: {fixes or 'see rsna-phase0 check-env'}. Training on another "
             "environment is how sparse ops broke before; pass --allow-env-mismatch to train anyway"
         )
+    if result.exit_code == 3 and not must_match:
+        return  # the CPU smoke run on a dev machine: the line above says all there is to say
     why = "allowed by --allow-env-mismatch" if must_match else "reported only: CPU smoke run"
     report.warn(f"the environment differs from the reference ({why}); `rsna-phase0 check-env` shows how to fix it")
 
@@ -269,13 +276,17 @@ def estimate_time(
     done_steps: int,
     budget_s: float | None,
     elapsed_s: float,
+    max_steps: int | None = None,
 ) -> None:
     total_steps = steps_per_epoch * epochs
+    until = f"{epochs} epochs"
+    if max_steps is not None and max_steps < total_steps:
+        total_steps, until = max_steps, f"--max-steps {max_steps}"
     epoch_s = step_s * steps_per_epoch
     remaining_steps = max(0, total_steps - done_steps)
     text = (
         f"~{step_s:.2f} s/step, {steps_per_epoch} steps/epoch = {_fmt(epoch_s)}/epoch; "
-        f"{remaining_steps} steps left = {_fmt(remaining_steps * step_s)}"
+        f"{remaining_steps} steps left (to {until}) = {_fmt(remaining_steps * step_s)}"
     )
     if budget_s is not None:
         left = budget_s - elapsed_s

@@ -87,6 +87,7 @@ class RunResult:
     epoch: int
     first_loss: float | None = None
     last_loss: float | None = None
+    loss_window: int = 1  # first_loss / last_loss are means of this many steps
     median_step_s: float | None = None
     volumes_per_s: float | None = None
     val_losses: list[float] = field(default_factory=list)
@@ -96,7 +97,8 @@ class RunResult:
         lines = [self.reason, f"step {self.step}, epoch {self.epoch}"]
         if self.first_loss is not None:
             lines[-1] += (
-                f"; train loss {self.first_loss:.4f} -> {self.last_loss:.4f} (first/last steps of this session)"
+                f"; train loss {self.first_loss:.4f} -> {self.last_loss:.4f} "
+                f"(mean of the first {self.loss_window} / last {self.loss_window} steps of this session)"
             )
         if self.val_losses:
             lines[-1] += f"; validation loss {self.val_losses[0]:.4f} -> {self.val_losses[-1]:.4f}"
@@ -255,6 +257,7 @@ class Trainer:
             done_steps=self.epoch * steps_per_epoch + self.position // self.batches_per_step(),
             budget_s=self.request.time_budget_s,
             elapsed_s=self.budget.elapsed(),
+            max_steps=s.max_steps,
         )
         if self.is_main:
             self._weekly_budget(report, smoke_batches, step_s)
@@ -657,7 +660,12 @@ class Trainer:
                 self.run_dir / "metrics.jsonl",
                 self.run_dir / "loss_curve.png",
                 f"{self.preset.name}: {self.run_dir.name}",
+                self.loss_weights(),
             )
+
+    def loss_weights(self) -> dict[str, float]:
+        p = self.preset
+        return {"recon_global": p.global_loss_weight, "recon_local": p.local_loss_weight, "align": p.align_loss_weight}
 
     def _write_preview(self) -> None:
         """The reconstruction preview (training/preview.py) on the first validation batch of each modality."""
@@ -773,6 +781,7 @@ class Trainer:
                     self.run_dir / "metrics.jsonl",
                     self.run_dir / "loss_curve.png",
                     f"{self.preset.name}: {self.run_dir.name}",
+                    self.loss_weights(),
                 )
             return self._result(code, reason)
         except Interrupted as exc:
@@ -801,6 +810,7 @@ class Trainer:
             epoch=self.epoch,
             first_loss=sum(losses[:k]) / k if losses else None,
             last_loss=sum(losses[-k:]) / k if losses else None,
+            loss_window=k,
             val_losses=self.session_val,
             median_step_s=median,
             volumes_per_s=regions / median if median else None,
