@@ -56,6 +56,7 @@ def _evaluate(*args):
     return CliRunner().invoke(main, ["evaluate", *map(str, args)])
 
 
+@pytest.mark.slow
 def test_evaluate_runs_end_to_end_and_writes_table_json_and_plot(encoder_path, heads, tmp_path):
     out = tmp_path / "out"
     result = _evaluate(

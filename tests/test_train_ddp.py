@@ -26,6 +26,7 @@ def run(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=400, env=env)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_equals_one_process_accumulating_and_resumes_at_world_size_1(train_data, tmp_path):
     ddp_run, single_run = tmp_path / "ddp", tmp_path / "single"
     done = run(TORCHRUN_TWO_PROCESSES + train_args(train_data, ddp_run, "--max-steps", "3"))

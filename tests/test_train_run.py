@@ -36,6 +36,7 @@ def train_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"}
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(train_data, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     code, out = train_process(train_data, whole, "--max-steps", "8", "--deterministic")
@@ -124,6 +125,7 @@ def test_nonfinite_loss_stops_or_is_skipped(train_data, tmp_path):
     assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_time_budget_stops_with_a_checkpoint_before_the_limit(train_data, tmp_path):
     import time
 

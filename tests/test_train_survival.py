@@ -124,6 +124,7 @@ def train_steps(run: Path) -> list[int]:
     return [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_never_leaves_a_corrupt_checkpoint(train_data, tmp_path):
     run, rng = tmp_path / "run", random.Random(1234)
     # a checkpoint after every step, each write paused for 0.2 s before its rename, so kills often land inside a write
@@ -224,6 +225,7 @@ def test_a_signal_during_preflight_ends_it_within_a_second(train_data, tmp_path,
 CLI = [sys.executable, "-c", "from rsna_phase0.cli import main; main()"]
 
 
+@pytest.mark.slow
 def test_sigkill_data_cache_at_random_moments_never_leaves_a_wrong_entry_or_a_process(tmp_path):
     from rsna_phase0.data.cache import CachedVolume, build_cache, load_meta
     from rsna_phase0.data.layout import files_in
