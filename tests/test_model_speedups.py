@@ -133,6 +133,64 @@ def test_every_speedup_together_keeps_the_pretrainers_losses_and_gradients():
         torch.testing.assert_close(grads_b[name], grad, rtol=1e-3, atol=1e-5 * scale, msg=name)
 
 
+def _autograd_nodes(tensor: torch.Tensor) -> set[str]:
+    seen, names, todo = set(), set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_index_select_norm_is_bit_identical_forward_and_leaves_out_the_index_put_backward():
+    """The sparse norm's per-voxel mean and variance: advanced indexing's backward (IndexBackward0, a sort-based
+    index_put on CUDA, the largest kernel of the kaggle step) is replaced by index_select's (an index_add)."""
+    from rsna_phase0.models.minkowski import import_minkowski
+    from rsna_phase0.models.sparse_stages import ActiveInstanceNorm, dense_to_sparse
+
+    import_minkowski()
+    torch.manual_seed(0)
+    dense = torch.randn(3, 8, 6, 6, 6)
+    active = torch.rand(3, 6, 6, 6) > 0.4
+    outputs = []
+    for speedups in ((), ("index_select_norm",)):
+        norm = ActiveInstanceNorm(8, speedups)
+        x = dense_to_sparse(dense, active, tensor_stride=1)
+        features = x.F.detach().requires_grad_(True)
+        x = type(x)(features, coordinate_map_key=x.coordinate_map_key, coordinate_manager=x.coordinate_manager)
+        out = norm(x, 3).F
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outputs.append((out, features.grad, _autograd_nodes(out)))
+    (out_a, grad_a, nodes_a), (out_b, grad_b, nodes_b) = outputs
+    assert torch.equal(out_b, out_a) and out_a.std() > 0.5
+    torch.testing.assert_close(grad_b, grad_a, rtol=1e-5, atol=1e-6)
+    assert "IndexBackward0" in nodes_a and "IndexBackward0" not in nodes_b
+    assert "IndexSelectBackward0" in nodes_b
+
+
+def test_channels_last_decoder_keeps_the_losses_and_gradients():
+    preset = tiny_preset(n_local=2)
+    batch = synthetic_batch(preset, 2, modality="mri", seed=4)
+    results = []
+    for speedups in (STEP_SPEEDUPS, (*STEP_SPEEDUPS, "channels_last")):
+        torch.manual_seed(0)
+        model = Pretrainer(preset.with_overrides(speedups=speedups))
+        out = model(batch)
+        out["loss"].backward()
+        results.append((out, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, model))
+    (out_a, grads_a, _), (out_b, grads_b, model_b) = results
+    conv = model_b.decoder.up_blocks[0].body[2].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+    torch.testing.assert_close(out_b["loss"], out_a["loss"], rtol=1e-5, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys()
+    scale = max(float(g.abs().max()) for g in grads_a.values())
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=1e-3, atol=1e-5 * scale, msg=name)
+
+
 def test_the_default_step_has_no_host_synchronisation_of_its_own_but_the_sparse_stages():
     """On CUDA, ptwt's per-call filter tensors (made from Python lists) are blocking host-to-device copies, 8 per
     WaveFormer block with a DWT; with the default speed-ups the only sync-prone operators left in the model are

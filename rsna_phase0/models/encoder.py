@@ -49,12 +49,12 @@ class SparseWaveEncoder(nn.Module):
         dims, depths, n_sparse = preset.stage_dims, preset.stage_depths, preset.sparse_stages
         self.stems = nn.ModuleDict(
             {
-                name: SparseConvNorm(channels, dims[0], kernel_size=2, stride=2)
+                name: SparseConvNorm(channels, dims[0], kernel_size=2, stride=2, speedups=preset.speedups)
                 for name, channels in preset.modality_channels.items()
             }
         )
         self.conv_stages = nn.ModuleList(
-            SparseStage(dims[i - 1] if i else None, dims[i], depths[i], preset.sparse_conv_mode)
+            SparseStage(dims[i - 1] if i else None, dims[i], depths[i], preset.sparse_conv_mode, preset.speedups)
             for i in range(n_sparse)
         )
         levels = stage_dwt_levels(preset)

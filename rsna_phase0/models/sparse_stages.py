@@ -27,6 +27,7 @@ from torch import nn
 
 from rsna_phase0.models.kernel_layout import minkowski_kernel_to_conv3d
 from rsna_phase0.models.minkowski import import_minkowski
+from rsna_phase0.models.speedups import INDEX_SELECT_NORM
 
 ME = import_minkowski()
 from MinkowskiEngineBackend._C import ConvolutionMode  # noqa: E402  (the compiled part; ME does not re-export it)
@@ -51,23 +52,37 @@ class ActiveInstanceNorm(nn.Module):
     same on a dense map and its active mask. Parameter names match there, so the export copies them.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, speedups: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
+        self.index_select = INDEX_SELECT_NORM in speedups
 
     def forward(self, x, batch_size: int):
         feats, sample = x.F, x.C[:, 0].long()
         count = feats.new_zeros(batch_size).index_add_(0, sample, feats.new_ones(len(sample))).clamp_min(1.0)
         mean = feats.new_zeros(batch_size, feats.shape[1]).index_add_(0, sample, feats) / count[:, None]
-        centred = feats - mean[sample]
+        centred = feats - self.per_voxel(mean, sample)
         var = feats.new_zeros(batch_size, feats.shape[1]).index_add_(0, sample, centred.square()) / count[:, None]
-        out = centred * torch.rsqrt(var[sample] + NORM_EPS) * self.weight + self.bias
+        out = centred * torch.rsqrt(self.per_voxel(var, sample) + NORM_EPS) * self.weight + self.bias
         return ME.SparseTensor(out, coordinate_map_key=x.coordinate_map_key, coordinate_manager=x.coordinate_manager)
+
+    def per_voxel(self, per_sample: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        # the same rows either way; the backward differs: index_select's is an index_add, advanced indexing's a
+        # sort-based index_put that serialises over the thousands of voxels sharing a sample (models/speedups.py)
+        return per_sample.index_select(0, sample) if self.index_select else per_sample[sample]
 
 
 class SparseConvNorm(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, stride: int, conv_mode: str = "default") -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        kernel_size: int,
+        stride: int,
+        conv_mode: str = "default",
+        speedups: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         self.conv = ME.MinkowskiConvolution(
             in_dim,
@@ -77,7 +92,7 @@ class SparseConvNorm(nn.Module):
             dimension=3,
             convolution_mode=convolution_mode(conv_mode),
         )
-        self.norm = ActiveInstanceNorm(out_dim)
+        self.norm = ActiveInstanceNorm(out_dim, speedups)
 
     def forward(self, x, batch_size: int):
         return self.norm(self.conv(x), batch_size)
@@ -96,9 +111,9 @@ class SparseConvNorm(nn.Module):
 class SparseResidualBlock(nn.Module):
     """x + GELU(norm(submanifold k3 conv(x))): one conv per block keeps the costly sparse stages shallow."""
 
-    def __init__(self, dim: int, conv_mode: str = "default") -> None:
+    def __init__(self, dim: int, conv_mode: str = "default", speedups: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self.conv_norm = SparseConvNorm(dim, dim, kernel_size=3, stride=1, conv_mode=conv_mode)
+        self.conv_norm = SparseConvNorm(dim, dim, kernel_size=3, stride=1, conv_mode=conv_mode, speedups=speedups)
         self.act = ME.MinkowskiGELU()
 
     def forward(self, x, batch_size: int):
@@ -108,10 +123,12 @@ class SparseResidualBlock(nn.Module):
 class SparseStage(nn.Module):
     """k2 s2 down (the modality stem for stage 0, which lives in the encoder) then residual blocks."""
 
-    def __init__(self, in_dim: int | None, dim: int, depth: int, conv_mode: str = "default") -> None:
+    def __init__(
+        self, in_dim: int | None, dim: int, depth: int, conv_mode: str = "default", speedups: tuple[str, ...] = ()
+    ) -> None:
         super().__init__()
-        self.down = SparseConvNorm(in_dim, dim, kernel_size=2, stride=2) if in_dim is not None else None
-        self.blocks = nn.ModuleList(SparseResidualBlock(dim, conv_mode) for _ in range(depth))
+        self.down = None if in_dim is None else SparseConvNorm(in_dim, dim, kernel_size=2, stride=2, speedups=speedups)
+        self.blocks = nn.ModuleList(SparseResidualBlock(dim, conv_mode, speedups) for _ in range(depth))
 
     def forward(self, x, batch_size: int):
         if self.down is not None:
