@@ -4,7 +4,7 @@
 # benchmarks/profile_step.py. Its rows, most important first (a budget cut drops the tail, never a finished row):
 # kaggle before (`main`, the step as it was) and after (`opt`) at batch 4 and 8, bf16 and fp16 with GradScaler;
 # the MAE peer on the same views; MinkowskiEngine against the masked-dense oracle at mask 0.6, background computed
-# and inactive; torch.compile of the dense parts (ours and the peer's); channels-last decoder and one sparse pass; batch 32 and the peer at 160
+# and inactive; torch.compile of the dense parts (ours and the peer's); one sparse pass; batch 32 and the peer at 160
 # views.
 #
 #   OUT=DIR bash benchmarks/gpu_issue18.sh            # the full plan

@@ -16,7 +16,6 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from rsna_phase0.models.speedups import CHANNELS_LAST
 from rsna_phase0.models.waveformer import ChannelLayerNorm
 from rsna_phase0.presets import Preset
 
@@ -79,18 +78,12 @@ class SparkDecoder(nn.Module):
                 for name, channels in preset.modality_channels.items()
             }
         )
-        self.channels_last = CHANNELS_LAST in preset.speedups
-        if self.channels_last:
-            self.to(memory_format=torch.channels_last_3d)
 
     def forward(self, maps: list[torch.Tensor], masks: list[torch.Tensor], modality: str) -> DecoderOutput:
         features = []
         x = None
         for j, (densify, up) in enumerate(zip(self.densify, self.up_blocks, strict=True)):
-            feature = maps[-1 - j]
-            if self.channels_last:
-                feature = feature.contiguous(memory_format=torch.channels_last_3d)
-            skip = densify(feature, masks[-1 - j])
+            skip = densify(maps[-1 - j], masks[-1 - j])
             x = skip if x is None else x + skip
             features.append(x)
             x = up(x)

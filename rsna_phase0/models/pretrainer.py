@@ -65,14 +65,20 @@ class Pretrainer(nn.Module):
             self.compile_dense_parts()
 
     def compile_dense_parts(self) -> None:
-        """torch.compile the WaveFormer blocks, the decoder and the loss in place (nn.Module.compile keeps the
+        """torch.compile the WaveFormer blocks, the decoder's layers and the loss in place (nn.Module.compile keeps the
         parameter names); the MinkowskiEngine stages stay eager. Block by block: the blocks of a stage share one
         compiled graph (torch >= 2.5 treats parameters as its inputs), so compiling takes a few graphs, not one
         per block."""
         for stage in self.encoder.wave_stages:
             for block in stage.blocks:
                 block.compile()
-        self.decoder.compile()
+        # the decoder by parts, its mask-token fill eager: compiled on CUDA, that fill's backward hands the
+        # (1, C, 1, 1, 1) token a (C,) gradient and autograd refuses it (torch 2.11, with or without autocast)
+        for densify in self.decoder.densify:
+            densify.norm.compile()
+            densify.proj.compile()
+        for module in (*self.decoder.up_blocks, *self.decoder.heads.values()):
+            module.compile()
         self.level_loss = torch.compile(self.level_loss or reconstruction_in_patches)
 
     def _run(self, batch: MiMBatch):

@@ -22,9 +22,6 @@ checkpoints and exports do not depend on the choice.
   `index_select` instead of advanced indexing. Bit-identical forward; the backward becomes an index_add where it
   was a sort-based index_put serialising over the thousands of voxels of each sample (11.5 ms of an 89 ms kaggle
   step at batch 4 on an H200, the largest kernel of the step). Gradients equal up to the order of float additions.
-- `channels_last` (not on by default): the decoder's weights and maps in channels-last 3D memory, the layout cuDNN's
-  half-precision 3D kernels use, so it does not transpose every map in and out (nchwToNhwc / nhwcToNchw kernels).
-  Same function up to the algorithm cuDNN picks.
 - `compile_dense` (not on by default): torch.compile (nn.Module.compile, so parameter names stay) of the WaveFormer
   blocks, the decoder and the loss (in its patch-space form): the dense parts between the MinkowskiEngine stages,
   which stay eager.
@@ -36,6 +33,10 @@ checkpoints and exports do not depend on the choice.
   features then depend on the other level's content in their last bits, which tests/test_model_leakage.py forbids
   for the default.
 
+Measured and left out: a channels-last decoder (weights and maps in channels_last_3d, which removes cuDNN's
+nchwToNhwc transposes) made the kaggle step slower on an H200 (81 against 74 ms at batch 4, bf16): GroupNorm and
+the element-wise kernels then copy more than the transposes saved.
+
 A run may change its speed-ups when it resumes (training/config.py lists `speedups` among the resumable keys).
 """
 
@@ -45,6 +46,5 @@ HOISTED_INVARIANTS = "hoisted_invariants"
 TOKEN_LAYOUT = "token_layout"
 PATCH_SPACE_LOSS = "patch_space_loss"
 INDEX_SELECT_NORM = "index_select_norm"
-CHANNELS_LAST = "channels_last"
 COMPILE_DENSE = "compile_dense"
 ONE_SPARSE_PASS = "one_sparse_pass"
