@@ -42,7 +42,7 @@ def bench_preset(name: str, args, data_dir: Path) -> dict:
     from rsna_phase0.evaluation.finetune import Budget, Runtime, build_model, finetune, score
     from rsna_phase0.evaluation.geometry import inference_side, size_multiple
     from rsna_phase0.evaluation.sampling import SegmentationCrops
-    from rsna_phase0.models.export import export_dense_encoder
+    from rsna_phase0.models.encoder_file import export_dense_encoder
     from rsna_phase0.models.pretrainer import Pretrainer
     from rsna_phase0.presets import get_preset
     from rsna_phase0.training.amp import resolve_amp

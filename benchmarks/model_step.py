@@ -6,7 +6,7 @@ GPU (the numbers that matter):
 CPU check of the script itself (seconds):
     python benchmarks/model_step.py --device cpu --preset smoke --batch-sizes 1 2 --steps 3
 
-`--oracle` also times the encoder alone against the masked-dense oracle (tests/masked_dense_oracle.py: dense
+`--oracle` also times the encoder alone against the masked-dense oracle (rsna_phase0/models/masked_dense_oracle.py: dense
 Conv3d x mask, SparK's formulation) on the same batch, to show what MinkowskiEngine costs or saves.
 """
 
@@ -43,8 +43,8 @@ def _timed(fn, device: torch.device, warmup: int, steps: int) -> list[float]:
 def bench_step(
     preset, batch_size: int, device: torch.device, amp: str, warmup: int, steps: int, modality: str, oracle: bool
 ):
+    from rsna_phase0.models.blob_batch import synthetic_batch
     from rsna_phase0.models.pretrainer import Pretrainer
-    from rsna_phase0.models.synthetic import synthetic_batch
 
     torch.manual_seed(0)
     model = Pretrainer(preset).to(device).train()
@@ -82,8 +82,7 @@ def bench_step(
 
 
 def bench_encoder_vs_oracle(model, batch, device, amp, warmup, steps) -> dict:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from masked_dense_oracle import MaskedDenseEncoder
+    from rsna_phase0.models.masked_dense_oracle import MaskedDenseEncoder
 
     images = torch.cat([batch.global_image, batch.local_image])
     masks = torch.cat([batch.global_mask, batch.local_mask])

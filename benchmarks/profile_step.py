@@ -12,7 +12,7 @@ A row is one model, preset, batch (regions), autocast, variant and encoder:
 - variant `main`: the step as before issue 18 (`Preset.speedups = ()`, AdamW unfused); `opt`: the preset's
   speed-ups (rsna_phase0/models/speedups.py) and, on CUDA, AdamW(fused=True) as the trainer does; `+compile` adds
   torch.compile of the dense parts, `+onepass` one MinkowskiEngine pass over both MiM levels;
-- encoder `sparse` (MinkowskiEngine) or `masked_dense` (tests/masked_dense_oracle.py: DenseEncoder(mask=...),
+- encoder `sparse` (MinkowskiEngine) or `masked_dense` (rsna_phase0/models/masked_dense_oracle.py: DenseEncoder(mask=...),
   the same weights); optional `mask` (every view re-masked at that ratio) and `background` (`computed`: no
   background threshold, `inactive`: the preset's);
 - model `mae_peer` (benchmarks/mae_peer.py) on the very same views: B regions x (1 + n_local) views per step.
@@ -34,16 +34,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from mae_peer import MAE3D, parameter_count
+from profile_summary import summary_text
+from profile_trace import profile_steps, sync_prone_ops, torch_syncs
+from throughput_measure import autocast, device_from, sync
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))  # the masked-dense oracle lives with the tests it serves
-
-from mae_peer import MAE3D, parameter_count  # noqa: E402
-from profile_summary import summary_text  # noqa: E402
-from profile_trace import profile_steps, sync_prone_ops, torch_syncs  # noqa: E402
-from throughput_measure import autocast, device_from, sync  # noqa: E402
-
-from rsna_phase0.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from rsna_phase0.atomic import write_json_atomic, write_text_atomic
 
 VARIANT_BASES = ("main", "opt")
 VARIANT_EXTRAS = ("compile", "onepass")
@@ -164,7 +160,7 @@ def host_batch(preset, regions: int, overrides_key: str):
     """A synthetic MRI batch of `regions` regions on the host, made once per geometry (numpy takes ~0.5 s per
     region at the users' sizes); beyond 8 regions, the 8-region batch repeated (the same speed, much sooner)."""
     from rsna_phase0.batch import MiMBatch
-    from rsna_phase0.models.synthetic import synthetic_batch
+    from rsna_phase0.models.blob_batch import synthetic_batch
 
     key = (preset.name, regions, overrides_key)
     if key not in _BATCHES:

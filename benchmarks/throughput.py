@@ -13,7 +13,7 @@ size:
   backward; what is left is the optimizer and glue), the share of a loader-fed loop spent waiting for data
   (.nii.gz and cache), and executed FLOP/s against this device's measured matmul peak;
 - `ME` / `oracle` at each mask ratio (every view masked at that ratio), background off and on: the same model with
-  its encoder's sparse stages on MinkowskiEngine, or replaced by the masked-dense oracle (tests/masked_dense_oracle.py:
+  its encoder's sparse stages on MinkowskiEngine, or replaced by the masked-dense oracle (rsna_phase0/models/masked_dense_oracle.py:
   dense Conv3d x mask, SparK's formulation, same weights); `vs oracle` is the ME step over the oracle's;
 - `ME ...` variants of the sparse path: MinkowskiEngine's own k2 s2 steps, its cuBLAS convolution mode, TF32.
 Figures go in issue notes and the README, never in tests.
@@ -31,12 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))  # the masked-dense oracle lives with the tests it serves
-
-from throughput_data import LoaderData  # noqa: E402
-from throughput_measure import (  # noqa: E402
+from throughput_data import LoaderData
+from throughput_measure import (
     active_sets,
     autocast,
     dense_flops,
@@ -48,7 +44,7 @@ from throughput_measure import (  # noqa: E402
     sync,
 )
 
-from rsna_phase0.atomic import write_json_atomic  # noqa: E402
+from rsna_phase0.atomic import write_json_atomic
 
 COLUMNS = [
     ("preset", "preset", "{}"),
@@ -101,8 +97,7 @@ def build(preset, device: torch.device):
 
 def oracle_of(model, device: torch.device):
     """The same pretrainer (same weights) with the masked-dense oracle as its encoder."""
-    from masked_dense_oracle import MaskedDenseEncoder
-
+    from rsna_phase0.models.masked_dense_oracle import MaskedDenseEncoder
     from rsna_phase0.models.pretrainer import Pretrainer
 
     oracle = Pretrainer(model.preset).to(device).train()
@@ -113,7 +108,7 @@ def oracle_of(model, device: torch.device):
 
 def remasked(batch, grid: int, ratio: float, seed: int = 0):
     """The batch with every view (global and local) masked at `ratio` on the patch grid."""
-    from rsna_phase0.masking import random_patch_mask
+    from rsna_phase0.mim_masking import random_patch_mask
 
     rng = np.random.default_rng(seed)
 

@@ -67,7 +67,7 @@ def dense_flops(fn) -> int:
 
 def active_sets(preset, images: torch.Tensor, masks: torch.Tensor) -> list[torch.Tensor]:
     """Active cells (B, r, r, r) at stride 1 and after each sparse stage's k2 s2 step, as the encoder forms them."""
-    from rsna_phase0.models.masks import mask_at_stride
+    from rsna_phase0.models.feature_masks import mask_at_stride
     from rsna_phase0.models.sparse_stages import active_voxels, coarser_active
 
     levels = [active_voxels(images, ~mask_at_stride(masks, preset.patch_size, 1), preset.background_threshold)]

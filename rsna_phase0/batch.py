@@ -7,7 +7,7 @@ One batch holds one modality (MRI: 1 channel, CT: 3 channels) and two MiM levels
 - `local_image` (B*K, C, S, S, S): K native-resolution sub-crops per region, sample-major (row i*K + k);
 - `local_mask` (B*K, g, g, g) bool;
 - `local_boxes` (B, K, 3) int64: the origin of each local view in the global view's patch grid; the box spans
-  `g // local_scale` patches per axis (see rsna_phase0/masking.py for how boxes are chosen).
+  `g // local_scale` patches per axis (see rsna_phase0/mim_masking.py for how boxes are chosen).
 
 Intensities are already normalised (MRI: per-volume robust; CT: the three windows in [0, 1]).
 """

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+# the benchmark scripts' modules (profile_trace, throughput_measure, ...) are tested as they are run: from their folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def _cuda_available() -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rsna_phase0.masking import random_patch_mask
+from rsna_phase0.mim_masking import random_patch_mask
 from rsna_phase0.presets import get_preset
 
 

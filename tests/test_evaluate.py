@@ -26,7 +26,7 @@ from rsna_phase0.evaluation.metrics import auc, mean_sd
 from rsna_phase0.evaluation.preprocess import load_case
 from rsna_phase0.evaluation.sampling import SegmentationCrops
 from rsna_phase0.evaluation.split import holdout_split, label_subset
-from rsna_phase0.models.export import export_dense_encoder, load_dense_encoder, save_dense_encoder
+from rsna_phase0.models.encoder_file import export_dense_encoder, load_dense_encoder, save_dense_encoder
 from rsna_phase0.models.pretrainer import Pretrainer
 from rsna_phase0.presets import get_preset
 from rsna_phase0.training.amp import AmpMode

@@ -11,10 +11,10 @@ import torch
 from model_helpers import tiny_preset
 
 from rsna_phase0.atomic import TEMP_GLOB
+from rsna_phase0.models.blob_batch import synthetic_batch
 from rsna_phase0.models.encoder import SparseWaveEncoder
-from rsna_phase0.models.export import export_dense_encoder, load_dense_encoder, save_dense_encoder
+from rsna_phase0.models.encoder_file import export_dense_encoder, load_dense_encoder, save_dense_encoder
 from rsna_phase0.models.pretrainer import Pretrainer
-from rsna_phase0.models.synthetic import synthetic_batch
 
 
 def _trained_a_little(preset) -> Pretrainer:
@@ -34,7 +34,7 @@ def _heads_with_air(channels: int, size: int, seed: int) -> torch.Tensor:
     """Two normalised volumes with real background: soft blobs in air that is exactly 0 (as the loaders give)."""
     import numpy as np
 
-    from rsna_phase0.models.synthetic import blob_volume
+    from rsna_phase0.models.blob_batch import blob_volume
 
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(np.stack([blob_volume(size, channels, rng, n_blobs=3) for _ in range(2)]))
@@ -86,7 +86,7 @@ def test_export_module_works_without_minkowski_engine(tmp_path):
     script = (
         "import sys; sys.modules['MinkowskiEngine'] = None\n"
         "import torch\n"
-        "from rsna_phase0.models.export import load_dense_encoder\n"
+        "from rsna_phase0.models.encoder_file import load_dense_encoder\n"
         f"enc = load_dense_encoder({str(path)!r})\n"
         "maps = enc(torch.randn(1, 1, 32, 32, 32), 'mri')\n"
         "assert 'MinkowskiEngine' not in {m for m, v in sys.modules.items() if v is not None}\n"

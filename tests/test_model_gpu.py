@@ -20,9 +20,8 @@ pytestmark = pytest.mark.gpu
     ids=["defaults", "minkowski-strided-no-background", "copy-gemm", "direct-gemm"],
 )
 def test_cuda_sparse_encoder_equals_masked_dense_oracle(overrides):
-    from masked_dense_oracle import MaskedDenseEncoder
-
     from rsna_phase0.models.encoder import SparseWaveEncoder
+    from rsna_phase0.models.masked_dense_oracle import MaskedDenseEncoder
 
     torch.manual_seed(0)
     preset = tiny_preset(**overrides)
@@ -45,8 +44,8 @@ def test_cuda_sparse_encoder_equals_masked_dense_oracle(overrides):
 
 
 def test_cuda_bf16_autocast_training_step_is_finite_and_learns():
+    from rsna_phase0.models.blob_batch import synthetic_batch
     from rsna_phase0.models.pretrainer import Pretrainer
-    from rsna_phase0.models.synthetic import synthetic_batch
     from rsna_phase0.presets import get_preset
 
     torch.manual_seed(0)

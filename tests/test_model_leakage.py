@@ -11,8 +11,8 @@ import torch
 from model_helpers import patch_masks, tiny_preset
 
 from rsna_phase0.models.encoder import SparseWaveEncoder
+from rsna_phase0.models.feature_masks import mask_at_stride
 from rsna_phase0.models.losses import masked_patch_mse
-from rsna_phase0.models.masks import mask_at_stride
 
 
 def check_hidden_voxels_cannot_change_encoder_outputs(dense_strided_steps: bool) -> None:
@@ -82,8 +82,8 @@ def test_loss_target_is_per_patch_normalised_input():
 def check_local_views_cannot_change_the_global_view() -> None:
     """MiM levels share one batch: the global view's encoder features, decoder output and loss must not depend on
     the local views' content (which is, by design, mostly what the global view hides), in training mode."""
+    from rsna_phase0.models.blob_batch import synthetic_batch
     from rsna_phase0.models.pretrainer import Pretrainer
-    from rsna_phase0.models.synthetic import synthetic_batch
 
     torch.manual_seed(0)
     preset = tiny_preset()

@@ -18,10 +18,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rsna_phase0.models.blob_batch import synthetic_batch
+from rsna_phase0.models.feature_masks import mask_at_stride
 from rsna_phase0.models.losses import patch_statistics, patchify, reconstruction, unpatchify
-from rsna_phase0.models.masks import mask_at_stride
 from rsna_phase0.models.pretrainer import Pretrainer
-from rsna_phase0.models.synthetic import synthetic_batch
 from rsna_phase0.presets import get_preset
 
 TRAIN_STEPS = 150

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rsna_phase0.models.blob_batch import synthetic_batch
 from rsna_phase0.models.pretrainer import Pretrainer
-from rsna_phase0.models.synthetic import synthetic_batch
 from rsna_phase0.presets import PRESETS, get_preset
 
 LOSS_TERMS = ("loss", "recon_global", "recon_local", "align")

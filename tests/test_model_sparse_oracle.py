@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from masked_dense_oracle import MaskedDenseEncoder
 from model_helpers import patch_masks, tiny_preset
 
 from rsna_phase0.models.encoder import SparseWaveEncoder
-from rsna_phase0.models.export import dense_state_from_sparse
+from rsna_phase0.models.encoder_file import dense_state_from_sparse
+from rsna_phase0.models.masked_dense_oracle import MaskedDenseEncoder
 
 
 def _weighted_sum(maps, weights):

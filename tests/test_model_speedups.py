@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import ptwt
 import pytest
 import torch
 from model_helpers import patch_masks, tiny_preset
+from profile_trace import sync_prone_ops
 
+from rsna_phase0.models.blob_batch import synthetic_batch
+from rsna_phase0.models.feature_masks import mask_at_stride, visible_weight
 from rsna_phase0.models.losses import informative_patches, reconstruction, reconstruction_in_patches
-from rsna_phase0.models.masks import mask_at_stride, visible_weight
 from rsna_phase0.models.pretrainer import Pretrainer
-from rsna_phase0.models.synthetic import synthetic_batch
 from rsna_phase0.models.waveformer import (
     WaveFormerStage,
     add_low_band_change,
@@ -24,9 +22,6 @@ from rsna_phase0.models.waveformer import (
 )
 from rsna_phase0.models.wavelet import dwt3, idwt3
 from rsna_phase0.presets import STEP_SPEEDUPS, get_preset
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from profile_trace import sync_prone_ops  # noqa: E402
 
 
 def _stages(levels: int, speedups_a, speedups_b, dim: int = 32):

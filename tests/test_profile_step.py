@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from mae_peer import MAE3D, parameter_count
+from profile_summary import target_lines
+from profile_trace import REPO, leaf_ops, sync_warnings, trace_stats, union_us
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from mae_peer import MAE3D, parameter_count  # noqa: E402
-from profile_summary import target_lines  # noqa: E402
-from profile_trace import REPO, leaf_ops, sync_warnings, trace_stats, union_us  # noqa: E402
 
 
 def _event(cat, name, ts, dur, tid=1, **args):

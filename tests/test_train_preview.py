@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from rsna_phase0.atomic import TEMP_GLOB
+from rsna_phase0.models.blob_batch import synthetic_batch
 from rsna_phase0.models.pretrainer import Pretrainer
-from rsna_phase0.models.synthetic import synthetic_batch
 from rsna_phase0.presets import get_preset
 from rsna_phase0.training.preview import preview_batches, write_preview
 

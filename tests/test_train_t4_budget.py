@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from rsna_phase0.models.blob_batch import synthetic_batch
 from rsna_phase0.models.pretrainer import Pretrainer
-from rsna_phase0.models.synthetic import synthetic_batch
 from rsna_phase0.presets import get_preset
 from rsna_phase0.training.t4_budget import USERS_VOLUMES, count_step_flops, describe_weekly_budget, weekly_epochs
 

@@ -9,7 +9,7 @@ Augmentation (training only) acts on the region BEFORE the views are cut, so glo
 anatomy: random flips per axis, a random multiple of 90 degrees in the axial (X, Y) plane, intensity jitter. The
 jitter never crosses the background: values at or below it stay as they are and values above it stay above it, so
 the voxels the sparse stages compute (some channel above background) are the same in training and validation.
-The views follow rsna_phase0/masking.py exactly: the global view is the region average-pooled by `local_scale`;
+The views follow rsna_phase0/mim_masking.py exactly: the global view is the region average-pooled by `local_scale`;
 local view k is the region's native voxels at `box_origin * patch_size * local_scale`, spanning `input_size`.
 
 Speed (a loader worker builds one sample in a few milliseconds): volumes come already at the target spacing (the
@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from rsna_phase0.data.resample import at_target
-from rsna_phase0.masking import choose_local_boxes, patch_foreground_share, random_patch_mask
+from rsna_phase0.mim_masking import choose_local_boxes, patch_foreground_share, random_patch_mask
 from rsna_phase0.presets import Preset
 
 RANDOM_CENTRE_PROB = 0.1  # a few crops anywhere, so the model also sees edges and background

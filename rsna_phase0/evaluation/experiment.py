@@ -28,7 +28,7 @@ from rsna_phase0.evaluation.preprocess import Case, detect_modality, load_case
 from rsna_phase0.evaluation.sampling import ClassificationVolumes, SegmentationCrops
 from rsna_phase0.evaluation.split import holdout_split, label_subset
 from rsna_phase0.models.dense_encoder import DenseEncoder
-from rsna_phase0.models.export import load_dense_encoder
+from rsna_phase0.models.encoder_file import load_dense_encoder
 from rsna_phase0.presets import Preset
 from rsna_phase0.training.amp import resolve_amp
 

@@ -6,7 +6,7 @@ active voxels only. Active is what it is in pre-training: a voxel with some chan
 `background_threshold` (air and zero padding stay inactive at fine-tuning too, never reaching layers that never saw
 them), and, when a patch mask is given, visible. The WaveFormer stages are the same modules as in pre-training,
 with the DWT levels the preset fixes (models/geometry.py), so any input size that is a multiple of `size_multiple`
-works. Module and parameter names mirror models/encoder.py and models/sparse_stages.py, so models/export.py maps
+works. Module and parameter names mirror models/encoder.py and models/sparse_stages.py, so models/encoder_file.py maps
 weights one to one. No MinkowskiEngine.
 
 Given a patch mask, `forward` is also the masked-dense reference that tests and benchmarks compare the
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rsna_phase0.models.feature_masks import mask_at_stride, visible_weight
 from rsna_phase0.models.geometry import check_input_size, size_multiple, stage_dwt_levels
-from rsna_phase0.models.masks import mask_at_stride, visible_weight
 from rsna_phase0.models.waveformer import WaveFormerStage
 from rsna_phase0.presets import Preset
 

@@ -13,8 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from rsna_phase0.models.feature_masks import mask_at_stride, visible_weight
 from rsna_phase0.models.geometry import check_input_size, stage_dwt_levels
-from rsna_phase0.models.masks import mask_at_stride, visible_weight
 from rsna_phase0.models.sparse_stages import (
     SparseConvNorm,
     SparseStage,

@@ -71,8 +71,8 @@ def activation_bytes(model: torch.nn.Module, batch) -> int:
 
 def step_peak_memory(preset: Preset, batch_size: int, device: str, amp: str, modality: str = "mri") -> dict:
     """Peak GPU memory of real training steps (forward, backward, AdamW) at `batch_size` regions, under `amp`."""
+    from rsna_phase0.models.blob_batch import synthetic_batch
     from rsna_phase0.models.pretrainer import Pretrainer
-    from rsna_phase0.models.synthetic import synthetic_batch
     from rsna_phase0.training.amp import autocast, make_scaler, resolve_amp
 
     dev = torch.device(device)
@@ -110,8 +110,8 @@ def describe(
     batch_sizes: tuple[int, ...] = (),
 ) -> list[str]:
     """Lines of text for `model-info`."""
+    from rsna_phase0.models.blob_batch import synthetic_batch
     from rsna_phase0.models.pretrainer import Pretrainer
-    from rsna_phase0.models.synthetic import synthetic_batch
 
     torch.manual_seed(0)
     model = Pretrainer(preset)

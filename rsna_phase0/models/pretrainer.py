@@ -1,6 +1,6 @@
 """The Phase-0 pre-trainer, top to bottom: MiM levels through one sparse encoder and one SparK decoder.
 
-One forward takes a MiMBatch (rsna_phase0/batch.py), already masked in input space by rsna_phase0/masking.py:
+One forward takes a MiMBatch (rsna_phase0/batch.py), already masked in input space by rsna_phase0/mim_masking.py:
 the global views and the local views of each region go through the encoder together (every normalisation is per
 sample, and the sparse stages run one MinkowskiEngine pass per level, so no view's output depends on another
 view's content, to the last bit), are densified and decoded, and give
@@ -21,6 +21,7 @@ from torch import nn
 from rsna_phase0.batch import MiMBatch
 from rsna_phase0.models.decoder import SparkDecoder, decoder_widths
 from rsna_phase0.models.encoder import SparseWaveEncoder
+from rsna_phase0.models.feature_masks import mask_at_stride
 from rsna_phase0.models.losses import (  # noqa: F401  (LOSS_TERMS, DIAGNOSTICS: the keys forward() returns)
     DIAGNOSTICS,
     LOSS_TERMS,
@@ -34,7 +35,6 @@ from rsna_phase0.models.losses import (  # noqa: F401  (LOSS_TERMS, DIAGNOSTICS:
     reconstruction_in_patches,
     unpatchify,
 )
-from rsna_phase0.models.masks import mask_at_stride
 from rsna_phase0.models.speedups import COMPILE_DENSE, ONE_SPARSE_PASS, PATCH_SPACE_LOSS
 from rsna_phase0.presets import Preset
 

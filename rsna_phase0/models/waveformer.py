@@ -65,7 +65,7 @@ def cached_position_3d(grid: tuple[int, int, int], dim: int, device: torch.devic
 
 def low_band_keys(visible: torch.Tensor | None, levels: int) -> torch.Tensor | None:
     """(B, L) bool: a low-band token is a key when any voxel of its 2^levels block is visible (None: all are).
-    A sample with no visible token (never produced by masking.py) attends everywhere instead of NaN; its outputs
+    A sample with no visible token (never produced by mim_masking.py) attends everywhere instead of NaN; its outputs
     are zeroed by the caller anyway."""
     if visible is None:
         return None

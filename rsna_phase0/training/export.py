@@ -13,7 +13,7 @@ from rsna_phase0.training.checkpoint import BEST, LAST, digest_path, load_checkp
 # run in a fresh interpreter: this process has MinkowskiEngine loaded already
 _VERIFY = """
 import sys
-from rsna_phase0.models.export import load_dense_encoder
+from rsna_phase0.models.encoder_file import load_dense_encoder
 encoder = load_dense_encoder(sys.argv[1])
 loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'MinkowskiEngine')
 if loaded:
@@ -52,7 +52,7 @@ def ckpt_name(name: str) -> bool:
 
 
 def export_encoder_file(checkpoint: str | Path, out: str | Path, verify: bool = True) -> str:
-    from rsna_phase0.models.export import export_dense_encoder, save_dense_encoder
+    from rsna_phase0.models.encoder_file import export_dense_encoder, save_dense_encoder
 
     checkpoint, out = Path(checkpoint), Path(out)
     check_export_target(checkpoint, out)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from rsna_phase0.batch import MiMBatch
-from rsna_phase0.models.masks import mask_at_stride
+from rsna_phase0.models.feature_masks import mask_at_stride
 from rsna_phase0.training.checkpoint import atomic_write
 
 PREVIEW_NAME = "reconstruction.png"

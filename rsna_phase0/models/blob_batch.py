@@ -1,5 +1,5 @@
 """Synthetic MiM batches for benchmarks, model-info and tests: structured volumes (smooth ellipsoid blobs) cut
-into global and local views exactly as the batch contract says, masked by rsna_phase0/masking.py."""
+into global and local views exactly as the batch contract says, masked by rsna_phase0/mim_masking.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from rsna_phase0.batch import MiMBatch
-from rsna_phase0.masking import choose_local_boxes, patch_foreground_share, random_patch_mask
+from rsna_phase0.mim_masking import choose_local_boxes, patch_foreground_share, random_patch_mask
 from rsna_phase0.presets import Preset
 
 

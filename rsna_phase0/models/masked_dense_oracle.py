@@ -13,8 +13,8 @@ from torch import nn
 
 from rsna_phase0.models.dense_encoder import DenseEncoder
 from rsna_phase0.models.encoder import EncoderFeatures
-from rsna_phase0.models.export import dense_state_from_sparse
-from rsna_phase0.models.masks import mask_at_stride
+from rsna_phase0.models.encoder_file import dense_state_from_sparse
+from rsna_phase0.models.feature_masks import mask_at_stride
 
 
 class MaskedDenseEncoder(nn.Module):

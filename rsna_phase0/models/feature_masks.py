@@ -1,4 +1,4 @@
-"""Patch-grid masks at feature-map scales (True = hidden, as in rsna_phase0/masking.py)."""
+"""Patch-grid masks at feature-map scales (True = hidden, as in rsna_phase0/mim_masking.py)."""
 
 from __future__ import annotations
 
