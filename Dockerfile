@@ -49,6 +49,7 @@ RUN pip install --no-deps --require-hashes -r /tmp/lock/requirements.lock
 COPY env/reference.toml /opt/rsna_phase0/env/reference.toml
 COPY rsna_phase0/__init__.py rsna_phase0/atomic.py /opt/rsna_phase0/rsna_phase0/
 COPY rsna_phase0/env/__init__.py rsna_phase0/env/spec.py /opt/rsna_phase0/rsna_phase0/env/
+COPY rsna_phase0/core /opt/rsna_phase0/rsna_phase0/core
 COPY installers /opt/rsna_phase0/installers
 RUN python /opt/rsna_phase0/installers/build_minkowski.py --source "${ME_SOURCE}" --archs "${TORCH_CUDA_ARCH_LIST}" \
         ${MAX_JOBS:+--jobs "${MAX_JOBS}"} --cache /tmp/me-cache --wheel-out /opt/wheels --log /opt/wheels/build.log \

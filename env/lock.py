@@ -33,11 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a script from a checkout: the spec loader is the package's
 # conda-lock 2.5's vendored poetry replaces subprocess.run process-wide with a version without capture_output:
 # keep the real one, and never import conda_lock into a process that runs other code (the tests call this script).
 _run = subprocess.run
 
+from rsna_phase0.atomic import write_text_atomic  # noqa: E402  (run by `make lock` in .venv, which has the package)
+from rsna_phase0.core.requirements_lock import LockError, format_lock, parse_lock  # noqa: E402
+from rsna_phase0.core.versions import canonical_name  # noqa: E402
 from rsna_phase0.env.spec import Spec, load_spec  # noqa: E402
 
 PLATFORM = "linux-64"
@@ -79,10 +81,6 @@ GENERATED = (
 PIP_ONLY_MAPPING = "pip:\n  conda_name: pip\n  conda_forge: pip\n  import_name: pip\n  pypi_name: pip\n"
 
 
-class LockError(RuntimeError):
-    """Locking cannot proceed; the message says why and what to do."""
-
-
 @dataclass(frozen=True)
 class PipPin:
     name: str
@@ -92,10 +90,6 @@ class PipPin:
     dependencies: tuple[str, ...] = field(default=())
     # Every wheel uv found compatible, best first: pip may pick any of them, so the requirements lock allows each.
     all_sha256: tuple[str, ...] = field(default=())
-
-
-def normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def pip_inputs(spec: Spec) -> list[str]:
@@ -149,7 +143,7 @@ def resolve_pip(spec: Spec, workdir: Path) -> list[PipPin]:
             for parent in match.group(2).split(","):
                 parent = parent.strip()
                 if parent and not parent.startswith("-r"):
-                    users.setdefault(normalize(parent), []).append(normalize(match.group(1)))
+                    users.setdefault(canonical_name(parent), []).append(canonical_name(match.group(1)))
     pins = []
     for package in tomllib.loads((workdir / "pylock.toml").read_text())["packages"]:
         wheels = sorted(package.get("wheels", []), key=lambda w: _wheel_preference(w["url"], spec.python_minor))
@@ -157,7 +151,7 @@ def resolve_pip(spec: Spec, workdir: Path) -> list[PipPin]:
             raise LockError(
                 f"{package['name']}=={package['version']}: no wheel for {PIP_PLATFORM}; pin another version"
             )
-        name = normalize(package["name"])
+        name = canonical_name(package["name"])
         pins.append(
             PipPin(
                 name,
@@ -181,33 +175,13 @@ def _wheel_preference(url: str, python_minor: str) -> tuple[int, int]:
 
 
 def requirements_lock(spec: Spec, pins: list[PipPin]) -> str:
-    lines = [
-        f"# {GENERATED}",
-        f"# CPython {spec.python_minor}, linux x86_64 ({PIP_PLATFORM}): the sha256 of every compatible wheel; the URL is the",
-        "# one pip picks (and conda-lock.yml locks).",
-        "# Install: pip install --no-deps --require-hashes -r env/requirements.lock",
+    header = [
+        GENERATED,
+        f"CPython {spec.python_minor}, linux x86_64 ({PIP_PLATFORM}): the sha256 of every compatible wheel; the URL is the",
+        "one pip picks (and conda-lock.yml locks).",
+        "Install: pip install --no-deps --require-hashes -r env/requirements.lock",
     ]
-    for pin in pins:
-        hashes = [f"    --hash=sha256:{sha}" for sha in pin.all_sha256]
-        lines += [f"{pin.name}=={pin.version} \\", *(h + " \\" for h in hashes[:-1]), hashes[-1], f"    # {pin.url}"]
-    return "\n".join(lines) + "\n"
-
-
-def parse_requirements_lock(text: str) -> dict[str, tuple[str, list[str]]]:
-    """{name: (version, [sha256, ...])} of a hashed requirements file (continuation lines joined)."""
-    joined = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.strip().startswith("#")))
-    result = {}
-    for line in joined.splitlines():
-        if not line.strip():
-            continue
-        match = re.match(r"^\s*([A-Za-z0-9_.-]+)==(\S+)((?:\s+--hash=sha256:[0-9a-f]{64})*)\s*$", line)
-        if not match:
-            raise LockError(f"requirements.lock: cannot read line {line.strip()!r}")
-        name = normalize(match.group(1))
-        if name in result:
-            raise LockError(f"requirements.lock: {name} appears twice")
-        result[name] = (match.group(2), re.findall(r"sha256:([0-9a-f]{64})", match.group(3)))
-    return result
+    return format_lock(header, [(pin.name, pin.version, list(pin.all_sha256), pin.url) for pin in pins])
 
 
 def content_hash(environment_file: Path) -> str:
@@ -299,21 +273,12 @@ def render_explicit(lockfile: Path, out: Path) -> None:
         rendered = Path(tmp) / f"conda-{PLATFORM}.lock"
         if result.returncode != 0 or not rendered.is_file():
             raise LockError(f"conda-lock render failed:\n{result.stderr.strip()[-2000:]}")
-        _atomic_write(out, rendered.read_text())
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(partial, path)
+        write_text_atomic(out, rendered.read_text())
 
 
 def check_pins(spec: Spec, pins: dict[str, str]) -> list[str]:
     """Where a locked version differs from the spec (empty when the lock equals the spec)."""
-    wanted = {normalize(r.split("==")[0]): r.split("==")[1] for r in pip_inputs(spec)}
+    wanted = {canonical_name(r.split("==")[0]): r.split("==")[1] for r in pip_inputs(spec)}
     return [f"{n}: spec {v}, lock {pins.get(n, 'missing')}" for n, v in wanted.items() if pins.get(n) != v]
 
 
@@ -331,8 +296,8 @@ def lock(spec: Spec, layout: Layout, conda: str) -> str:
     python = [p.version for p in conda_packages if p.name == "python"]
     if not python or not python[0].startswith(spec.python_minor + "."):
         raise LockError(f"the conda part has no python {spec.python_minor}.x: use a lock solved for it")
-    _atomic_write(layout.environment_yml, environment_yml(spec))
-    _atomic_write(layout.requirements_lock, requirements_lock(spec, pins))
+    write_text_atomic(layout.environment_yml, environment_yml(spec))
+    write_text_atomic(layout.requirements_lock, requirements_lock(spec, pins))
     write_conda_lock(conda_packages, pins, layout.environment_yml, layout.conda_lock_yml)
     render_explicit(layout.conda_lock_yml, layout.explicit_lock)
     return f"locked python {python[0]}, {len(conda_packages)} conda and {len(pins)} pip packages"
@@ -354,12 +319,13 @@ def verify(spec: Spec, layout: Layout) -> list[str]:
             problems.append(f"conda-lock.yml {package.name}: url {package.url} is not an https download")
         if not package.hash.sha256 or (package.manager == "conda" and not package.hash.md5):
             problems.append(f"conda-lock.yml {package.name}: missing hash")
-    conda_pip = {normalize(p.name): (p.version, p.hash.sha256) for p in lockfile.package if p.manager == "pip"}
+    conda_pip = {canonical_name(p.name): (p.version, p.hash.sha256) for p in lockfile.package if p.manager == "pip"}
     python = [p.version for p in lockfile.package if p.manager == "conda" and p.name == "python"]
     if not python or not python[0].startswith(spec.python_minor + "."):
         problems.append(f"conda-lock.yml: python is {python}, the spec says {spec.python_minor}")
     problems += [f"conda-lock.yml {p}" for p in check_pins(spec, {n: v for n, (v, _) in conda_pip.items()})]
-    requirements = parse_requirements_lock(layout.requirements_lock.read_text())
+    pins = parse_lock(layout.requirements_lock)
+    requirements = {name: (pin.version, [h.removeprefix("sha256:") for h in pin.hashes]) for name, pin in pins.items()}
     problems += [f"requirements.lock {p}" for p in check_pins(spec, {n: v for n, (v, _) in requirements.items()})]
     problems += [f"requirements.lock {n}: no sha256 hash" for n, (_, hashes) in requirements.items() if not hashes]
     if set(requirements) != set(conda_pip):

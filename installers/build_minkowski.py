@@ -40,7 +40,7 @@ for _path in (str(_HERE), str(_HERE.parent)):  # sibling helpers; the repo root:
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from minkowski_common import BuildError, version_tuple  # noqa: E402
+from minkowski_common import BuildError  # noqa: E402
 from minkowski_fixes import APPLIED, FIXER_REVISION, PRESENT, BuildTarget, apply_fixes, needed_fixes  # noqa: E402
 from minkowski_progress import HEARTBEAT_S, Heartbeat, progress_line  # noqa: E402
 from minkowski_source import Source, locate, materialize  # noqa: E402
@@ -56,6 +56,7 @@ from minkowski_toolchain import (  # noqa: E402
 from minkowski_wheel import SCHEMA, embed_build_record, read_build_record  # noqa: E402
 
 from rsna_phase0.atomic import copy_atomic  # noqa: E402
+from rsna_phase0.core.versions import version_tuple  # noqa: E402
 
 __all__ = [
     "BuildError",

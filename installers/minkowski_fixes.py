@@ -16,7 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from minkowski_common import FixError, version_tuple
+from minkowski_common import FixError
+
+from rsna_phase0.core.versions import version_tuple
 
 APPLIED, PRESENT, NOT_NEEDED = "applied", "already present", "not needed"
 # Bumped whenever a fix's edit changes: it is part of the wheel cache key.

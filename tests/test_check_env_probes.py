@@ -173,10 +173,12 @@ def test_build_record_is_read_from_the_installed_dist_info(tmp_path, monkeypatch
 
 
 def test_probe_modules_import_without_torch():
-    """The Kaggle installer imports rsna_phase0.env before torch exists."""
+    """The Kaggle installer imports rsna_phase0.env and the standard-library layer (rsna_phase0/core) before torch
+    exists."""
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "import rsna_phase0.env.probes, rsna_phase0.env.check, rsna_phase0.env.commands, rsna_phase0.cli\n"
+        "import rsna_phase0.core.versions, rsna_phase0.core.requirements_lock, rsna_phase0.atomic\n"
         "facts = rsna_phase0.env.probes.probe_packages(['numpy', 'no-such-package-xyz'])\n"
         "assert facts['no-such-package-xyz'] is None and facts['numpy']\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from rsna_phase0.core.requirements_lock import parse_lock
 from rsna_phase0.env.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,13 +22,8 @@ PIP_MAP = "pip:\n  conda_name: pip\n  conda_forge: pip\n  import_name: pip\n  py
 
 
 def _requirements() -> dict[str, tuple[str, list[str]]]:
-    text = (REPO / "env" / "requirements.lock").read_text()
-    joined = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
-    pins = {}
-    for line in filter(str.strip, joined.splitlines()):
-        name, version = re.match(r"^\s*([A-Za-z0-9_.-]+)==(\S+)", line).groups()
-        pins[re.sub(r"[-_.]+", "-", name).lower()] = (version, re.findall(r"--hash=sha256:([0-9a-f]{64})\b", line))
-    return pins
+    pins = parse_lock(REPO / "env" / "requirements.lock")
+    return {name: (pin.version, [h.removeprefix("sha256:") for h in pin.hashes]) for name, pin in pins.items()}
 
 
 @pytest.fixture(scope="module")

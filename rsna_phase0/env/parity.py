@@ -92,17 +92,8 @@ def show(value) -> str:
     return str(value)
 
 
-def release(version: str) -> str:
-    """'2.4.0+cu121' -> '2.4.0': the release, compared apart from the CUDA build."""
-    return version.split("+", 1)[0]
-
-
 def torch_cuda_of(torch: dict) -> str:
     return torch.get("cuda") or CPU
-
-
-def version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split(".") if p.isdigit())
 
 
 def torch_fix(spec: Spec, *, force: bool = False) -> str:

@@ -7,6 +7,7 @@ against the running torch, and running) is checked too.
 
 from __future__ import annotations
 
+from rsna_phase0.core.versions import public_version
 from rsna_phase0.env.parity import (
     BUILD_MINKOWSKI,
     CPU,
@@ -17,7 +18,6 @@ from rsna_phase0.env.parity import (
     Row,
     gpu_text,
     minkowski_cuda_text,
-    release,
     show,
     source_text,
     torch_cuda_of,
@@ -57,7 +57,7 @@ def facts(probes: dict) -> dict[str, str]:
     if is_failed(torch):
         out["torch"] = show(torch)
     else:
-        out["torch"] = release(torch.get("version", "?"))
+        out["torch"] = public_version(torch.get("version", "?"))
         out["torch CUDA build"] = torch_cuda_of(torch)
         out["cuDNN"] = show(torch.get("cudnn"))
         for gpu in torch.get("gpus", []):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from rsna_phase0.core.versions import public_version, version_tuple
 from rsna_phase0.env.archs import arch_covers, parse_archs
 from rsna_phase0.env.parity import (
     BUILD_MINKOWSKI,
@@ -26,12 +27,10 @@ from rsna_phase0.env.parity import (
     minkowski_cuda_text,
     minkowski_fix,
     reference_elsewhere,
-    release,
     show,
     source_text,
     torch_cuda_of,
     torch_fix,
-    version_tuple,
 )
 from rsna_phase0.env.probes import is_failed
 from rsna_phase0.env.spec import Spec
@@ -56,7 +55,7 @@ def stand_in_spec(probes: dict, spec: Spec) -> Spec | None:
     dev, torch = spec.dev_torch, probes.get("torch", {})
     if dev is None or spec.torch_cuda == CPU or is_failed(torch) or torch.get("cuda") is not None:
         return None
-    if release(torch.get("version", "")) != dev.version:
+    if public_version(torch.get("version", "")) != dev.version:
         return None
     return dataclasses.replace(spec, torch_version=dev.version, torch_cuda=CPU, torch_index_url=dev.index_url)
 
@@ -88,7 +87,7 @@ def torch_rows(probes: dict, spec: Spec) -> list[Row]:
     if is_failed(torch):
         return [Row("torch", spec.torch_version, show(torch), MISMATCH, torch_fix_here(probes, spec))]
     found_version, found_cuda = torch.get("version", "?"), torch_cuda_of(torch)
-    same_release, same_cuda = release(found_version) == spec.torch_version, found_cuda == spec.torch_cuda
+    same_release, same_cuda = public_version(found_version) == spec.torch_version, found_cuda == spec.torch_cuda
     # One command fixes all three rows; with the right release pip thinks torch is satisfied: --force-reinstall.
     fix = torch_fix_here(probes, spec, force=same_release)
     cudnn = torch.get("cudnn")
