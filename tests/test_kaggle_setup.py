@@ -143,7 +143,8 @@ def test_nvcc_of_another_cuda_major_blocks_a_build_with_the_ways_out(tmp_path, m
     problems = kaggle_toolchain.build_problems(tool, torch_cuda="12.1", cpu_only=False)
     message = " ".join(problems)
     assert "CUDA 13.0 but torch is built with CUDA 12.1" in message
-    assert "nvidia-cuda-nvcc-cu12" in message and "--wheelhouse" in message and "--cpu-only" in message
+    assert "CUDA_HOME=/usr/local/cuda" in message and "--wheelhouse" in message and "--cpu-only" in message
+    assert "has no nvcc" in message and "pip install nvidia-cuda-nvcc" not in message  # that wheel holds no nvcc
     assert not any("nvcc" in p for p in kaggle_toolchain.build_problems(tool, torch_cuda="13.0", cpu_only=False))
     assert not any("nvcc" in p for p in kaggle_toolchain.build_problems(tool, torch_cuda="12.1", cpu_only=True))
 
@@ -310,3 +311,52 @@ def test_plan_picks_a_fitting_wheel_kept_in_kaggle_input_and_skips_the_build(tmp
     line = next(x for x in done.stdout.splitlines() if x.strip().startswith("minkowski"))
     assert f"install the fitting wheel {kept}" in line and str(stale) not in line
     assert "build" not in line
+
+
+def test_pip_wheel_folder_is_no_nvcc_candidate(tmp_path, monkeypatch):
+    """PyPI's nvidia-cuda-nvcc-cu12 ships ptxas and headers, no nvcc: the old advice could not work."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    found = kaggle_toolchain.find_nvcc()
+    assert found in (None, "/usr/local/cuda/bin/nvcc")
+
+
+def test_offline_without_a_wheelhouse_is_blocked_with_the_ways_out_not_a_resolver_error(tmp_path):
+    """Issue 16: offline, pip said `ResolutionImpossible ... blosc2==2.7.1`; the plan now says no index is reachable."""
+    spec_path = cpu_spec(tmp_path)
+    lock = tmp_path / "lock.txt"
+    lock.write_text(spec_lock(load_spec(spec_path)))
+    root = tmp_path / "kaggle"
+    (root / "working").mkdir(parents=True)
+    env = {**os.environ, "RSNA_PHASE0_SPEC": str(spec_path)}
+    args = ["--kaggle-root", str(root), "--requirements", str(lock), "--cpu-only"]
+    closed = "http://127.0.0.1:9/simple"  # the discard port: connection refused at once
+    plan = run_setup("--dry-run", *args, "--index-url", closed, env=env)
+    assert plan.returncode == 0 and "BLOCKED" in plan.stdout, plan.stdout
+    done = run_setup(*args, "--index-url", closed, env=env)
+    assert done.returncode == 1
+    message = done.stderr
+    assert f"no package index reachable ({closed}" in message and "ResolutionImpossible" not in message
+    assert "--make-wheelhouse DIR" in message and "--wheelhouse DIR" in message and str(root / "input") in message
+    assert not (root / "tmp").exists()  # refused before making anything
+
+
+def test_a_wheelhouse_is_used_only_when_it_holds_every_locked_wheel(tmp_path):
+    import kaggle_wheelhouse
+
+    folder = tmp_path / "house"
+    folder.mkdir()
+    (folder / "tqdm-4.66.2-py3-none-any.whl").write_bytes(b"tqdm")
+    (folder / "numpy-1.26.4-cp312-cp312-linux_x86_64.whl").write_bytes(b"numpy")
+    kaggle_wheelhouse.write_manifest(
+        folder, python="3.12", lock_path=folder / "tqdm-4.66.2-py3-none-any.whl", archs=None, sdist=None
+    )
+    digest = kaggle_lock.sha256_of(folder / "tqdm-4.66.2-py3-none-any.whl")
+    lock = tmp_path / "lock.txt"
+    lock.write_text(f"tqdm==4.66.2 --hash=sha256:{digest}\nnumpy==1.26.4 --hash={HASH}\n")
+    pins = kaggle_lock.parse_lock(lock)
+    (house,) = kaggle_wheelhouse.find([tmp_path])  # found one level down, as under /kaggle/input/NAME
+    assert house.missing(pins) == ["numpy"]  # a wheel whose hash the lock does not name does not count
+    lock.write_text(f"tqdm==4.66.2 --hash=sha256:{digest}\n")
+    assert house.missing(kaggle_lock.parse_lock(lock)) == []
