@@ -360,3 +360,22 @@ def test_a_wheelhouse_is_used_only_when_it_holds_every_locked_wheel(tmp_path):
     assert house.missing(pins) == ["numpy"]  # a wheel whose hash the lock does not name does not count
     lock.write_text(f"tqdm==4.66.2 --hash=sha256:{digest}\n")
     assert house.missing(kaggle_lock.parse_lock(lock)) == []
+
+
+def test_example_notebook_has_no_placeholders_and_stops_clearly_when_a_data_set_is_missing(tmp_path):
+    """Issue 16: YOUR-ACCOUNT-style placeholders are gone; the first cell names what is missing and how to attach it."""
+    import json
+
+    notebook = json.loads((INSTALLERS / "phase0_kaggle_example.ipynb").read_text())
+    text = "".join("".join(c["source"]) for c in notebook["cells"])
+    assert "YOUR-" not in text
+    assert "/kaggle/input/openmind-brain-mri/OpenMind_processed" in text
+    assert "/kaggle/input/deeplesion-brain-ct/NIH_deeplesion/CT" in text
+    first = next("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code")
+    root = tmp_path / "kaggle"
+    (root / "input" / "openmind-brain-mri" / "OpenMind_processed").mkdir(parents=True)
+    with pytest.raises(SystemExit) as info:
+        exec(first.replace("/kaggle/", f"{root}/").replace('Path("/kaggle/input")', f'Path("{root}/input")'), {})
+    message = str(info.value)
+    assert "CT: " in message and "MRI: " not in message and "openmind-brain-mri" in message and "Add Input" in message
+    assert "CODE: " in message  # the code is not attached either
