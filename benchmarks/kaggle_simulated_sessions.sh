@@ -17,8 +17,11 @@ ARCHS=${1:-7.5}
 SIM=$WORK/sim
 SEED=${SEED:-$WORK/seed312}
 rm -rf "$SIM" && mkdir -p "$SIM/online/working" "$SIM/offline/input" "$SIM/offline/working"
+# this host's certificate bundle (a TLS-inspecting proxy here), for pip and urllib inside the root
+cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/host-ca-certificates.crt"
 in_root() {
-  chroot "$ROOT" env -i HOME=/root PATH=/usr/bin:/bin LANG=C.UTF-8 CC="gcc-$GCC" CXX="g++-$GCC" TMPDIR="$WORK/tmp" "$@"
+  chroot "$ROOT" env -i HOME=/root PATH=/usr/bin:/bin LANG=C.UTF-8 CC="gcc-$GCC" CXX="g++-$GCC" TMPDIR="$WORK/tmp" \
+    PIP_CERT=/etc/ssl/certs/host-ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/host-ca-certificates.crt "$@"
 }
 FREEZE="import json; from importlib import metadata as m; print(json.dumps(sorted((d.metadata['Name'], d.version) for d in m.distributions())))"
 

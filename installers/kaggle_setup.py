@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -203,7 +204,10 @@ def index_unreachable(url: str, timeout: float = 10) -> str:
     except urllib.error.HTTPError:
         return ""
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        return str(getattr(exc, "reason", exc))
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLError):  # it answered; pip checks certificates its own way (cert, certifi)
+            return ""
+        return str(reason)
 
 
 def empty_environment(env_dir: Path, python_version: str) -> kaggle_pip.Installed:

@@ -379,3 +379,19 @@ def test_example_notebook_has_no_placeholders_and_stops_clearly_when_a_data_set_
     message = str(info.value)
     assert "CT: " in message and "MRI: " not in message and "openmind-brain-mri" in message and "Add Input" in message
     assert "CODE: " in message  # the code is not attached either
+
+
+def test_an_index_that_answers_with_a_certificate_problem_is_not_called_offline(monkeypatch):
+    """Behind a TLS-inspecting proxy urllib's certificates fail where pip's (its `cert` setting) work: not offline."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    import kaggle_setup
+
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError(ssl.SSLCertVerificationError(1, "self-signed certificate in certificate chain"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    assert kaggle_setup.index_unreachable("https://pypi.org/simple") == ""
+    assert "does not exist" in kaggle_setup.index_unreachable("file:///nonexistent/simple")
