@@ -266,6 +266,7 @@ class Setup:
             "repo": str(REPO),
             "pip_config": args.pip_config,
             "env_dir": str(self.env_dir),
+            "system_site": args.system_site_packages,
             "base": self.base["base_prefix"],
         }
         self.key = setup_key(spec_path=self.spec.path, lock_path=self.lock_path, python=self.python, options=options)
@@ -477,7 +478,12 @@ class Setup:
         ]
         try:
             pip_from = kaggle_venv.create(
-                self.base_python, self.env_dir, wheel_folders=folders, source_options=self._source_options(), log=log
+                self.base_python,
+                self.env_dir,
+                wheel_folders=folders,
+                source_options=self._source_options(),
+                log=log,
+                system_site=self.args.system_site_packages,
             )
         except (kaggle_venv.VenvError, OSError) as exc:
             raise SetupError(f"{exc} (--env-dir names another place)") from None
@@ -689,6 +695,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the notebook's Python, from which the environment is made; never changed (default: this one)",
     )
     p.add_argument("--env-dir", help="the reference environment's folder (default: <kaggle>/tmp/rsna_phase0_env)")
+    p.add_argument(
+        "--system-site-packages",
+        action="store_true",
+        help="let the environment see the notebook's packages (a rehearsal against an image's own torch); "
+        "installs still go only to the environment",
+    )
     p.add_argument(
         "--make-wheelhouse",
         metavar="DIR",

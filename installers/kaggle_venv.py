@@ -89,13 +89,23 @@ def download_pip(python: str, dest: Path, source_options: list[str], log) -> Pat
     return pip_wheel_in([dest]) if done.returncode == 0 else None
 
 
-def create(python: str, env_dir: Path, *, wheel_folders: list[Path], source_options: list[str], log) -> str:
-    """Make `env_dir` from the notebook's `python` and put pip in it; returns where pip came from."""
+def create(
+    python: str, env_dir: Path, *, wheel_folders: list[Path], source_options: list[str], log, system_site: bool = False
+) -> str:
+    """Make `env_dir` from the notebook's `python` and put pip in it; returns where pip came from. `system_site`
+    lets it see the notebook's packages (a rehearsal against an image's own torch); installs still go to it only."""
     env_dir = Path(env_dir)
     if env_dir.exists():
         shutil.rmtree(env_dir)  # a stale or half-made one (usable() said why)
     env_dir.parent.mkdir(parents=True, exist_ok=True)
-    command = [python, "-m", "venv", "--without-pip", str(env_dir)]
+    command = [
+        python,
+        "-m",
+        "venv",
+        "--without-pip",
+        *(["--system-site-packages"] if system_site else []),
+        str(env_dir),
+    ]
     log.write(f"\n$ {' '.join(command)}\n")
     done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     log.write(done.stdout)

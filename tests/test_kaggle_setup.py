@@ -395,3 +395,20 @@ def test_an_index_that_answers_with_a_certificate_problem_is_not_called_offline(
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     assert kaggle_setup.index_unreachable("https://pypi.org/simple") == ""
     assert "does not exist" in kaggle_setup.index_unreachable("file:///nonexistent/simple")
+
+
+def test_environment_sees_the_notebooks_packages_only_when_asked(tmp_path):
+    """--system-site-packages (rehearsals against an image's own torch): the notebook's packages become visible."""
+    import io
+
+    import kaggle_venv
+
+    for system_site in (False, True):
+        env = tmp_path / f"env-{system_site}"
+        pip_from = kaggle_venv.create(
+            sys.executable, env, wheel_folders=[], source_options=[], log=io.StringIO(), system_site=system_site
+        )
+        assert pip_from.startswith("pip-")
+        cfg = (env / "pyvenv.cfg").read_text()
+        assert f"include-system-site-packages = {'true' if system_site else 'false'}" in cfg
+        assert kaggle_venv.usable(env, sys.executable) == ""
