@@ -746,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return 0
         setup.run(plan, say=lambda text: print(text, flush=True))
-    except SetupError as exc:
+    except (SetupError, kaggle_pip.PipError) as exc:
         print(f"kaggle_setup FAILED: {exc}{log_hint}", file=sys.stderr, flush=True)
         return 1
     print(f"kaggle_setup: the reference environment is in place and proven ({time.monotonic() - started:.1f} s)")
