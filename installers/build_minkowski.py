@@ -43,7 +43,7 @@ for _path in (str(_HERE), str(_HERE.parent)):  # sibling helpers; the repo root:
 from minkowski_common import BuildError  # noqa: E402
 from minkowski_fixes import APPLIED, FIXER_REVISION, PRESENT, BuildTarget, apply_fixes, needed_fixes  # noqa: E402
 from minkowski_progress import HEARTBEAT_S, Heartbeat, progress_line  # noqa: E402
-from minkowski_source import Source, locate, materialize  # noqa: E402
+from minkowski_source import Source, locate, materialize, offline_candidates  # noqa: E402
 from minkowski_toolchain import (  # noqa: E402
     Toolchain,
     check_free_space,
@@ -238,7 +238,20 @@ def install_wheel(python: str, wheel: Path) -> None:
         raise BuildError(f"installing {wheel} into {python} failed:\n{proc.stdout[-1500:]}{proc.stderr[-2000:]}")
 
 
-def wheel_command(python: str, tree: Path, out_dir: Path, *, cpu_only: bool, blas: str) -> list[str]:
+def pip_needs_pep517_flag(python: str) -> bool:
+    """Whether this pip still has a legacy `setup.py egg_info` path (pip < 25.3, e.g. Python 3.12.1's bundled
+    23.2.1): there, without --use-pep517, config settings never reach setup.py, which then silently builds
+    CPU-only and dies on `numpy.distutils` (gone on Python 3.12). Newer pips always use PEP 517 and dropped the flag."""
+    try:
+        proc = _pip(python, "wheel", "--help", timeout=120)
+    except subprocess.TimeoutExpired:
+        return False
+    return proc.returncode == 0 and "--use-pep517" in proc.stdout
+
+
+def wheel_command(
+    python: str, tree: Path, out_dir: Path, *, cpu_only: bool, blas: str, use_pep517: bool = False
+) -> list[str]:
     """pip wheel with setup.py's options passed as separate --global-option config settings, which reach every
     PEP 517 hook (--build-option does not reach the metadata hook; one quoted string arrives as one argv item)."""
     flags = ["--cpu_only" if cpu_only else "--force_cuda", f"--blas={blas}"]
@@ -250,6 +263,7 @@ def wheel_command(python: str, tree: Path, out_dir: Path, *, cpu_only: bool, bla
         "--no-deps",
         "--no-build-isolation",
         "--no-index",
+        *(["--use-pep517"] if use_pep517 else []),
         "-v",
         "--wheel-dir",
         str(out_dir),
@@ -314,9 +328,10 @@ def compile_wheel(
     jobs: int,
     log_path: Path,
     say: Callable[[str], None],
+    use_pep517: bool = False,
 ) -> Path:
     """pip wheel the patched tree; retry once with half the jobs when a compiler was killed for memory."""
-    cmd = wheel_command(python, tree, out_dir, cpu_only=cpu_only, blas=blas)
+    cmd = wheel_command(python, tree, out_dir, cpu_only=cpu_only, blas=blas, use_pep517=use_pep517)
     attempts = [jobs] + ([max(1, jobs // 2)] if jobs > 1 else [])
     with open(log_path, "a", encoding="utf-8") as log_file:
         for attempt, n_jobs in enumerate(attempts):
@@ -414,8 +429,12 @@ def ensure_installed(
     install: bool = True,
     dry_run: bool = False,
     say: Callable[[str], None] = print,
+    source_flag: str = "--source",
 ) -> BuildResult:
-    """A verified MinkowskiEngine in `python`: from the cache or a wheelhouse when one matches, else built."""
+    """A verified MinkowskiEngine in `python`: from the cache or a wheelhouse when one matches, else built.
+
+    The cache and the wheelhouses are searched first, under the keys of every source `source` may mean (known
+    without network), so an offline machine with a fitting wheel never tries git or a download."""
     started = time.monotonic()
     me = spec.minkowski
     cache_dir = Path(cache_dir).expanduser()
@@ -424,14 +443,26 @@ def ensure_installed(
     resolved_archs = resolve_archs(archs, me.cuda_archs, tc, cpu_only=cpu_only)
     target = BuildTarget(python=tc.python, cpu_only=cpu_only, torch=tc.torch, nvcc=tc.nvcc, gcc=tc.gcc)
     fixes = needed_fixes(target)
-    src = locate(me, source, cache_dir, log=say)
-    record = build_record(
-        me_version=me.version, source=src, fixes=fixes, tc=tc, archs=resolved_archs, cpu_only=cpu_only, blas=me.blas
-    )
+    houses = [Path(w) for w in wheelhouses]
+
+    def record_for(src: Source) -> dict:
+        return build_record(
+            me_version=me.version, source=src, fixes=fixes, tc=tc, archs=resolved_archs, cpu_only=cpu_only, blas=me.blas
+        )
+
+    cached = None
+    for candidate in offline_candidates(me, source):
+        record = record_for(candidate)
+        cached = find_cached_wheel(record["cache_key"], cache_dir, houses)
+        if cached:
+            src = candidate
+            break
+    if cached is None:
+        src = locate(me, source, cache_dir, log=say, flag=source_flag)
+        record = record_for(src)
+        cached = find_cached_wheel(record["cache_key"], cache_dir, houses)
     key = record["cache_key"]
     say(f"source: {src.kind} {src.id} ({src.url}); fixes: {', '.join(fixes) or 'none'}; cache key {key}")
-
-    cached = find_cached_wheel(key, cache_dir, [Path(w) for w in wheelhouses])
     if dry_run:
         if not cached:
             check_toolchain(tc, cpu_only=cpu_only, blas=me.blas)  # say now what would make the build fail
@@ -444,7 +475,7 @@ def ensure_installed(
     log.parent.mkdir(parents=True, exist_ok=True)
     with key_lock(cache_dir, key, say):
         # Another process may have built this key while we waited for the lock.
-        cached = cached or find_cached_wheel(key, cache_dir, [Path(w) for w in wheelhouses])
+        cached = cached or find_cached_wheel(key, cache_dir, houses)
         if cached:
             say(f"cache hit: {cached}")
             wheel, from_cache, record = cached, True, read_build_record(cached) or record
@@ -498,7 +529,16 @@ def _build(python, me, src, target, tc, record, archs, jobs, cache_dir: Path, lo
         out_dir = workdir / "wheel"
         out_dir.mkdir()
         built = compile_wheel(
-            python, tree, out_dir, cpu_only=target.cpu_only, blas=me.blas, archs=archs, jobs=jobs, log_path=log, say=say
+            python,
+            tree,
+            out_dir,
+            cpu_only=target.cpu_only,
+            blas=me.blas,
+            archs=archs,
+            jobs=jobs,
+            log_path=log,
+            say=say,
+            use_pep517=pip_needs_pep517_flag(python),
         )
         embed_build_record(built, record)
         return store_in_cache(built, record["cache_key"], cache_dir)

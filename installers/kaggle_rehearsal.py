@@ -3,7 +3,7 @@ kept as it is): write a spec override and a hashed lock that describe that machi
 
     python installers/kaggle_rehearsal.py --python python3 --find-links .carry/whl --out /tmp/rehearsal
     RSNA_PHASE0_SPEC=/tmp/rehearsal/spec.toml python installers/kaggle_setup.py --requirements \
-        /tmp/rehearsal/requirements.lock --no-index --find-links .carry/whl ...
+        /tmp/rehearsal/requirements.lock --no-index --find-links .carry/whl --system-site-packages ...
 
 The override keeps the reference spec and changes only what the image decides: Python minor, torch version, its
 CUDA and cuDNN, and each runtime package's version (a wheel in --find-links wins over what is installed). A

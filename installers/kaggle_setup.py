@@ -1,15 +1,21 @@
 """Turn a fresh Kaggle notebook into the reference environment and prove it: `python installers/kaggle_setup.py`.
 
-Standard library only (it runs before anything is installed). In order:
+Standard library only (it runs before anything is installed). The reference environment gets its own virtual
+environment (--env-dir, default /kaggle/tmp/rsna_phase0_env: outside /kaggle/working, so the saved output stays
+small), made from the notebook's Python; the notebook's own packages are never changed. In order:
   plan      what is installed, what will change, how long it should take (`--dry-run` stops here);
-  packages  the hashed lock (env/requirements.lock, or --requirements) with `pip --require-hashes`;
+  venv      `venv --without-pip` from the notebook's Python (works without ensurepip), pip from a wheel;
+  packages  the hashed lock (env/requirements.lock, or --requirements) with `pip --require-hashes`, from an
+            attached wheelhouse with no network when one under /kaggle/input/* covers the lock;
   hold      a constraints file (torch==X and every pin) named in the interpreter's pip.conf, so a later
             `pip install` in the session that wants another torch is refused instead of replacing it;
   minkowski a matching wheel from --wheelhouse / /kaggle/input/*, else a build for the GPUs present, saved to
             /kaggle/working/wheelhouse for the next session;
   project   rsna_phase0 itself (editable, no deps);
   verify    the build module's checks (GPU against CPU), then `rsna-phase0 check-env`, whose report goes to
-            /kaggle/working/rsna_phase0_environment.json.
+            /kaggle/working/rsna_phase0_environment.json;
+  wheelhouse  with --make-wheelhouse DIR (a session with internet): every locked wheel, pip, the MinkowskiEngine
+            wheel (archs default 6.0;7.5) and sdist, and a manifest, for offline sessions to attach.
 A second run in the same session re-checks the machine against its stamp and the report, and changes nothing.
 Exit 0 on parity, 1 on any failure (the message names the log).
 """
@@ -18,10 +24,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
+import shutil
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,21 +45,27 @@ import build_minkowski  # noqa: E402
 import kaggle_lock  # noqa: E402
 import kaggle_pip  # noqa: E402
 import kaggle_toolchain  # noqa: E402
+import kaggle_venv  # noqa: E402
+import kaggle_wheelhouse  # noqa: E402
 from kaggle_state import State, setup_key  # noqa: E402
+from minkowski_source import fetch_sdist  # noqa: E402
 from minkowski_wheel import read_build_record  # noqa: E402
 
 from rsna_phase0.atomic import write_text_atomic  # noqa: E402
 from rsna_phase0.env.spec import SPEC_ENV_VAR, SpecError, load_spec  # noqa: E402
 
-INSTALLER_REVISION = 1  # part of the stamp key: bump when what a step does changes
+INSTALLER_REVISION = 2  # part of the stamp key: bump when what a step does changes
 DEFAULT_LOCK = REPO / "env" / "requirements.lock"
 DEFAULT_ME_CACHE = Path.home() / ".cache" / "rsna_phase0" / "wheels"
 REPORT_NAME = "rsna_phase0_environment.json"
 # `rsna-phase0 check-env ...` through the target interpreter, whatever folder its console scripts went to.
 CHECK_ENV = "import sys; from rsna_phase0.cli import main; sys.exit(main())"
-# Rough build cost in core-seconds, from measured builds (shared/minkowski-engine.md): CPU-only 2 cores ~220 s;
-# CUDA one arch on 16 cores ~175 s. Each further arch compiles the device code again.
-BUILD_CORE_SECONDS_CPU, BUILD_CORE_SECONDS_CUDA, EXTRA_ARCH_FACTOR = 450, 2800, 0.7
+DEFAULT_INDEX = "https://pypi.org/simple"
+WHEELHOUSE_ARCHS = "6.0;7.5"  # P100 and T4: the GPUs a Kaggle notebook gets
+# Build cost in core-seconds, calibrated on measured builds: CPU-only 7 min 10 s on 2 busy cores (issue 16); CUDA
+# 12.4 for sm_75 against torch 2.4.0, MAX_JOBS=2 on 2 shared cores: 1229 s (benchmarks/cuda12_minkowski_build.sh).
+# Each further arch compiles the device code again (the .cu objects are most of the time).
+BUILD_CORE_SECONDS_CPU, BUILD_CORE_SECONDS_CUDA, EXTRA_ARCH_FACTOR = 860, 2460, 0.7
 
 
 class SetupError(RuntimeError):
@@ -90,6 +106,10 @@ class Layout:
     @property
     def report(self) -> Path:
         return self.working / REPORT_NAME
+
+    @property
+    def env_dir(self) -> Path:
+        return self.root / "tmp" / "rsna_phase0_env"
 
     def input_wheelhouses(self) -> list[Path]:
         """Folders under <root>/input (attached data sets and notebook outputs) that hold wheels."""
@@ -173,20 +193,35 @@ def me_record_misfit(
     return ""
 
 
-def torch_pinned_elsewhere(torch_users: dict[str, str], torch_version: str) -> list[str]:
-    """Installed packages whose `torch==X` pin the held torch breaks (e.g. the image's torchvision, torchaudio)."""
-    broken = []
-    for name, requirement in sorted(torch_users.items()):
-        match = re.search(r"==\s*([^\s,;)]+)", requirement)
-        if match and kaggle_lock.public_version(match.group(1)) != kaggle_lock.public_version(torch_version):
-            broken.append(f"{name} ({requirement.split(';')[0].strip()})")
-    return broken
+def index_unreachable(url: str, timeout: float = 10) -> str:
+    """Why the package index cannot be reached ("" when it answers at all: any HTTP status counts)."""
+    if url.startswith("file:"):
+        path = Path(urllib.parse.urlparse(url).path)
+        return "" if path.exists() else f"{path} does not exist"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return ""
+    except urllib.error.HTTPError:
+        return ""
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLError):  # it answered; pip checks certificates its own way (cert, certifi)
+            return ""
+        return str(reason)
+
+
+def empty_environment(env_dir: Path, python_version: str) -> kaggle_pip.Installed:
+    """What a not yet made environment holds: nothing."""
+    exe = str(kaggle_venv.env_python(env_dir))
+    return kaggle_pip.Installed(exe, str(env_dir), True, python_version, "", {}, None, None, {})
 
 
 class Setup:
     def __init__(self, args: argparse.Namespace, layout: Layout):
         self.args, self.layout = args, layout
-        self.python = args.python
+        self.base_python = args.python  # the notebook's: read, never written
+        self.env_dir = Path(args.env_dir).resolve() if args.env_dir else layout.env_dir
+        self.python = str(kaggle_venv.env_python(self.env_dir))
         try:
             self.spec = load_spec()
         except SpecError as exc:
@@ -198,7 +233,12 @@ class Setup:
                 "(env/requirements.lock), or pass --requirements FILE (python installers/kaggle_lock.py WHEEL_DIR "
                 "writes one for a wheelhouse)"
             )
-        self.installed = self._probe()
+        try:
+            self.base = kaggle_venv.base_facts(self.base_python)
+            self.venv_problem = kaggle_venv.usable(self.env_dir, self.base_python)
+        except kaggle_venv.VenvError as exc:
+            raise SetupError(str(exc)) from None
+        self.installed = empty_environment(self.env_dir, self.base["version"]) if self.venv_problem else self._probe()
         try:
             self.pins = kaggle_lock.parse_lock(self.lock_path)
             kaggle_lock.check_against_spec(self.pins, self.spec, self.lock_path, self.installed.versions)
@@ -207,12 +247,17 @@ class Setup:
         self.held = kaggle_lock.held_versions(self.pins, self.spec, self.installed.versions)
         self.torch_version = self.held["torch"]
         self.cpu_only = args.cpu_only or self.spec.torch_cuda == "cpu"
-        self.tool = kaggle_toolchain.probe(layout.working, self.installed.purelib)
-        self.archs = None if self.cpu_only else (args.archs or kaggle_toolchain.archs_for(self.tool.gpus))
+        self.tool = kaggle_toolchain.probe(layout.working)
+        default_archs = WHEELHOUSE_ARCHS if args.make_wheelhouse else kaggle_toolchain.archs_for(self.tool.gpus)
+        self.archs = None if self.cpu_only else (args.archs or default_archs)
         self.jobs = args.jobs or self.tool.max_jobs
         self.wheelhouses = [Path(w).resolve() for w in args.wheelhouse] + layout.input_wheelhouses()
         if layout.wheelhouse_out.is_dir():
             self.wheelhouses.append(layout.wheelhouse_out)
+        self.offline, self.house_notes = self._find_offline_wheelhouse()
+        if self.offline and self.offline.folder not in self.wheelhouses:
+            self.wheelhouses.insert(0, self.offline.folder)
+        self.me_wheel: Path | None = None
         options = {
             "revision": INSTALLER_REVISION,
             "cpu_only": self.cpu_only,
@@ -220,9 +265,27 @@ class Setup:
             "me_source": args.me_source,
             "repo": str(REPO),
             "pip_config": args.pip_config,
+            "env_dir": str(self.env_dir),
+            "system_site": args.system_site_packages,
+            "base": self.base["base_prefix"],
         }
         self.key = setup_key(spec_path=self.spec.path, lock_path=self.lock_path, python=self.python, options=options)
         self.state = State(layout.state_dir / "state.json", self.key)
+
+    def _find_offline_wheelhouse(self) -> tuple[kaggle_wheelhouse.Wheelhouse | None, list[str]]:
+        """A wheelhouse (--wheelhouse, or under <root>/input/*) holding every locked wheel: then nothing is
+        downloaded. Not used when the command line names its own package source."""
+        a = self.args
+        if a.make_wheelhouse or a.index_url or a.find_links or a.no_index:
+            return None, []
+        notes = []
+        for house in kaggle_wheelhouse.find([*(Path(w) for w in a.wheelhouse), self.layout.root / "input"]):
+            missing = house.missing(self.pins)
+            if not missing:
+                return house, notes
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            notes.append(f"wheelhouse {house.folder} lacks {len(missing)} locked wheels ({shown}): not used")
+        return None, notes
 
     def _probe(self) -> kaggle_pip.Installed:
         try:
@@ -234,7 +297,8 @@ class Setup:
 
     def plan(self) -> Plan:
         plan = Plan()
-        plan.steps += [self._plan_packages(), self._plan_hold(), self._plan_minkowski(), self._plan_project()]
+        plan.steps += [self._plan_venv(), self._plan_packages(), self._plan_hold(), self._plan_minkowski()]
+        plan.steps.append(self._plan_project())
         changed = any(s.todo for s in plan.steps)
         verified = self.state.done("verified") and not changed
         plan.steps.append(
@@ -248,11 +312,16 @@ class Setup:
             )
         )
         plan.steps.append(Step("check-env", True, f"rsna-phase0 check-env, report to {self.layout.report}", 15.0))
-        broken = torch_pinned_elsewhere(self.installed.torch_users, self.torch_version)
-        if broken:
+        if self.args.make_wheelhouse:
+            out = Path(self.args.make_wheelhouse).resolve()
+            plan.steps.append(
+                Step("wheelhouse", True, f"every locked wheel, pip, MinkowskiEngine wheel + sdist into {out}", 150.0)
+            )
+        plan.notes += self.house_notes
+        if self.offline:
             plan.notes.append(
-                f"installed packages pinned to another torch will not work with torch {self.torch_version} (pip "
-                f"warns about them; rsna_phase0 does not use them): {', '.join(broken)}"
+                f"offline: wheelhouse {self.offline.folder} (made {self.offline.manifest.get('made_at')}) holds every "
+                "locked wheel: no index is used"
             )
         if self.installed.python_version.rsplit(".", 1)[0] != self.spec.python_minor:
             plan.notes.append(
@@ -260,6 +329,15 @@ class Setup:
                 "wheels may not fit and check-env will report it"
             )
         return plan
+
+    def _plan_venv(self) -> Step:
+        if not self.venv_problem:
+            return Step("venv", False, f"{self.env_dir} (Python {self.base['version']}, from {self.base_python})")
+        detail = (
+            f"{self.venv_problem}: make it from {self.base_python} (Python {self.base['version']}; the notebook's own "
+            "packages stay as they are)"
+        )
+        return Step("venv", True, detail, 10.0)
 
     def _plan_packages(self) -> Step:
         changes = []
@@ -275,7 +353,25 @@ class Setup:
         seconds = 3.0 * len(changes) + (0 if torch_change is None else 30 if self.cpu_only else 120)
         shown = ", ".join(f"{n} {h or '-'} -> {v}" for n, h, v in changes[:8])
         more = f" and {len(changes) - 8} more" if len(changes) > 8 else ""
-        return Step("packages", True, f"{len(changes)} to install from {self.lock_path.name}: {shown}{more}", seconds)
+        detail = f"{len(changes)} to install from {self.lock_path.name}: {shown}{more}"
+        return Step("packages", True, detail, seconds, blocked=self._offline_problem())
+
+    def _index_url(self) -> str:
+        return self.args.index_url or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX
+
+    def _offline_problem(self) -> str:
+        """Why the packages cannot be fetched ("" when a wheelhouse or a reachable index can give them)."""
+        if self.offline or self.args.no_index:
+            return ""
+        why = index_unreachable(self._index_url())
+        if not why:
+            return ""
+        return (
+            f"no package index reachable ({self._index_url()}: {why}): this session is offline. Attach a wheelhouse "
+            f"made by `python installers/kaggle_setup.py --make-wheelhouse DIR` in a session with internet (found "
+            f"under {self.layout.root / 'input'}/* by itself, or pass --wheelhouse DIR), pass --no-index --find-links "
+            "DIR with the locked wheels, or switch the notebook's internet on"
+        )
 
     def _constraint_lines(self) -> list[str]:
         return kaggle_lock.constraint_lines(self.pins, self.spec, self.held)
@@ -369,13 +465,41 @@ class Setup:
 
     def _source_options(self) -> list[str]:
         a = self.args
+        if self.offline:
+            return ["--no-index", "--find-links", str(self.offline.folder)]
         return kaggle_pip.source_options(index_url=a.index_url, find_links=a.find_links, no_index=a.no_index)
+
+    def _do_venv(self, log, say) -> None:
+        self.state.forget("verified")
+        folders = [
+            *([self.offline.folder] if self.offline else []),
+            *self.wheelhouses,
+            *map(Path, self.args.find_links),
+        ]
+        try:
+            pip_from = kaggle_venv.create(
+                self.base_python,
+                self.env_dir,
+                wheel_folders=folders,
+                source_options=self._source_options(),
+                log=log,
+                system_site=self.args.system_site_packages,
+            )
+        except (kaggle_venv.VenvError, OSError) as exc:
+            raise SetupError(f"{exc} (--env-dir names another place)") from None
+        say(f"  {self.env_dir} made from {self.base_python}; pip from {pip_from}")
+        self.installed = self._probe()
+        self.state.mark("venv", env=str(self.env_dir))
 
     def _do_packages(self, log, say) -> None:
         self.state.forget("verified")  # whatever changes now must be verified again
         self._write_constraints()
         args = ["install", "--require-hashes", "-r", str(self.lock_path), "-c", str(self.layout.constraints)]
-        kaggle_pip.run_pip(self.python, [*args, *self._source_options(), "--progress-bar", "off"], log)
+        try:
+            kaggle_pip.run_pip(self.python, [*args, *self._source_options(), "--progress-bar", "off"], log)
+        except kaggle_pip.PipError as exc:
+            offline = self._offline_problem()
+            raise SetupError(offline or str(exc)) from None
         self.installed = self._probe()
         wrong = [(p.name, self.installed.versions.get(p.name), p.version) for p in self.pins.values() if not p.marker]
         wrong = [w for w in wrong if w[1] != w[2]]
@@ -404,6 +528,11 @@ class Setup:
 
     def _do_minkowski(self, log, say) -> None:
         log.flush()
+        cache = Path(self.args.me_cache)
+        sdist = self.offline.sdist if self.offline else None
+        if sdist and not (cache / "sources" / sdist.name).is_file():  # where the build module looks, offline too
+            (cache / "sources").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(sdist, cache / "sources" / sdist.name)
         try:
             result = build_minkowski.ensure_installed(
                 self.spec,
@@ -417,9 +546,11 @@ class Setup:
                 log_path=self.layout.build_log,
                 python=self.python,
                 say=lambda line: say(f"  {line}"),
+                source_flag="--me-source",
             )
         except build_minkowski.BuildError as exc:
             raise SetupError(f"MinkowskiEngine: {exc} (build log: {self.layout.build_log})") from None
+        self.me_wheel = result.wheel
         how = "matching wheel found" if result.from_cache else f"built in {result.seconds:.0f} s"
         say(f"  MinkowskiEngine: {how}: {result.wheel}")
         if not result.from_cache:
@@ -470,6 +601,47 @@ class Setup:
             )
             raise SetupError(f"check-env exit {done.returncode}: {verdict} (table above; report {self.layout.report})")
 
+    def _do_wheelhouse(self, log, say) -> None:
+        out = Path(self.args.make_wheelhouse).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        options = [*self._source_options(), "--progress-bar", "off"]
+        args = ["download", "--no-deps", "--require-hashes", "-r", str(self.lock_path), "-d", str(out), *options]
+        kaggle_pip.run_pip(self.python, args, log)
+        pip_version = self.installed.versions.get("pip")
+        kaggle_pip.run_pip(
+            self.python,
+            [
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "-d",
+                str(out),
+                f"pip=={pip_version}" if pip_version else "pip",
+                *options,
+            ],
+            log,
+        )
+        wheel = self.me_wheel or self.fitting_wheel()
+        if wheel is None:
+            raise SetupError("no MinkowskiEngine wheel to put in the wheelhouse (the minkowski step made none)")
+        kaggle_wheelhouse.add_file(out, wheel)
+        me = self.spec.minkowski
+        try:
+            sdist = fetch_sdist(me.sdist_url, me.sdist_sha256, Path(self.args.me_cache), flag="--me-source")
+        except build_minkowski.BuildError as exc:
+            raise SetupError(str(exc)) from None
+        kaggle_wheelhouse.add_file(out, sdist)
+        python = self.installed.python_version.rsplit(".", 1)[0]
+        kaggle_wheelhouse.write_manifest(
+            out, python=python, lock_path=self.lock_path, archs=self.archs, sdist=sdist.name
+        )
+        say(
+            f"  wheelhouse {out}: {len(list(out.glob('*.whl')))} wheels and the sdist, {kaggle_wheelhouse.size_text(out)}."
+            f"\n  Keep it as a data set (or save this notebook and attach its output); the installer finds it under"
+            f"\n  {self.layout.root / 'input'}/* and then installs with no network."
+        )
+
 
 def wheelhouse_note(layout: Layout, wheel: Path) -> str:
     return (
@@ -485,7 +657,8 @@ def render_plan(setup: Setup, plan: Plan) -> str:
     lines = [
         f"rsna_phase0 Kaggle setup ({setup.layout.why}: {setup.layout.root})",
         f"  spec {setup.spec.path}  lock {setup.lock_path}",
-        f"  python {setup.installed.executable} ({setup.installed.python_version}); torch now "
+        f"  notebook's python {setup.base_python} ({setup.base['version']}, left as it is); environment "
+        f"{setup.env_dir}; torch there now "
         f"{setup.installed.versions.get('torch', 'not installed')}, wanted {setup.torch_version}",
         f"  machine: {setup.tool.cores} cores, "
         + (f"{setup.tool.mem_available_bytes / 2**30:.1f} GiB free memory, " if setup.tool.mem_available_bytes else "")
@@ -516,7 +689,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python installers/kaggle_setup.py", description=__doc__.split("\n")[0])
     p.add_argument("--kaggle-root", help="use DIR as /kaggle (tests, other machines); default: detect Kaggle")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
-    p.add_argument("--python", default=sys.executable, help="the interpreter to install into (default: this one)")
+    p.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the notebook's Python, from which the environment is made; never changed (default: this one)",
+    )
+    p.add_argument("--env-dir", help="the reference environment's folder (default: <kaggle>/tmp/rsna_phase0_env)")
+    p.add_argument(
+        "--system-site-packages",
+        action="store_true",
+        help="let the environment see the notebook's packages (a rehearsal against an image's own torch); "
+        "installs still go only to the environment",
+    )
+    p.add_argument(
+        "--make-wheelhouse",
+        metavar="DIR",
+        help=f"after the setup, write every locked wheel, pip, the MinkowskiEngine wheel (archs default "
+        f"{WHEELHOUSE_ARCHS}) and sdist and a manifest to DIR, for offline sessions (needs internet)",
+    )
     p.add_argument("--spec", help=f"version spec to use (sets ${SPEC_ENV_VAR}; default env/reference.toml)")
     p.add_argument("--requirements", default=str(DEFAULT_LOCK), help="hashed requirements lock (default: %(default)s)")
     p.add_argument("--index-url", help="package index for the lock's packages")
@@ -556,11 +746,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return 0
         setup.run(plan, say=lambda text: print(text, flush=True))
-    except SetupError as exc:
+    except (SetupError, kaggle_pip.PipError) as exc:
         print(f"kaggle_setup FAILED: {exc}{log_hint}", file=sys.stderr, flush=True)
         return 1
     print(f"kaggle_setup: the reference environment is in place and proven ({time.monotonic() - started:.1f} s)")
+    print(usage_note(setup.env_dir))
     return 0
+
+
+def usage_note(env_dir: Path) -> str:
+    return (
+        f"Run rsna-phase0 from it: `!{env_dir}/bin/rsna-phase0 ...`, or put it first on PATH in the notebook\n"
+        f"(os.environ['PATH'] = '{env_dir}/bin:' + os.environ['PATH']), then `!rsna-phase0 ...` and `!pip ...` use\n"
+        "it. pip there is held to the pins (its pip.conf); `uv pip install` does not read pip.conf and is not held:\n"
+        "check-env (and training, which runs it) catches a torch it replaced."
+    )
 
 
 if __name__ == "__main__":

@@ -51,12 +51,11 @@ def _run(command: list[str], timeout: float = 20) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def find_nvcc(purelib: str | None = None) -> str | None:
-    """$CUDA_HOME's nvcc, else PATH's, else /usr/local/cuda's, else the pip wheel nvidia-cuda-nvcc-cu12's."""
+def find_nvcc() -> str | None:
+    """$CUDA_HOME's nvcc, else PATH's, else /usr/local/cuda's (where Kaggle's GPU images keep their CUDA 12 toolkit).
+    PyPI's nvidia-cuda-nvcc-cu12 wheels hold ptxas, libnvvm and headers but no nvcc, so they are no candidate."""
     candidates = [os.path.join(os.environ[v], "bin", "nvcc") for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
     candidates += [shutil.which("nvcc") or "", "/usr/local/cuda/bin/nvcc"]
-    if purelib:
-        candidates.append(os.path.join(purelib, "nvidia", "cuda_nvcc", "bin", "nvcc"))
     return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
 
@@ -87,8 +86,8 @@ def usable_cores() -> int:
     return max(1, cores)
 
 
-def probe(work_dir: str | Path, purelib: str | None = None, blas: str = "openblas") -> Toolchain:
-    nvcc = find_nvcc(purelib)
+def probe(work_dir: str | Path, blas: str = "openblas") -> Toolchain:
+    nvcc = find_nvcc()
     cxx = mt.find_cxx()
     existing = Path(work_dir).resolve()
     while not existing.exists() and existing != existing.parent:  # the folder may not be made yet
@@ -122,9 +121,10 @@ def build_problems(tool: Toolchain, *, torch_cuda: str, cpu_only: bool, blas: st
     if not cpu_only:
         want = torch_cuda.split(".")[0]
         ways = (
-            f"install the matching toolkit with pip (`pip install nvidia-cuda-nvcc-cu{want}`, then set CUDA_HOME "
-            f"to <site-packages>/nvidia/cuda_nvcc), give a prebuilt wheel with --wheelhouse DIR, or build "
-            f"without CUDA with --cpu-only"
+            f"on a Kaggle GPU notebook the CUDA {want}.x toolkit is at /usr/local/cuda: `export "
+            f"CUDA_HOME=/usr/local/cuda` (os.environ['CUDA_HOME'] in the notebook); elsewhere install a CUDA {want}.x "
+            f"toolkit and set CUDA_HOME (pip's nvidia-cuda-nvcc-cu{want} has no nvcc); or attach a wheelhouse with a "
+            "prebuilt wheel (--wheelhouse DIR, made by --make-wheelhouse), or build without CUDA with --cpu-only"
         )
         if tool.nvcc is None:
             problems.append(f"no nvcc found ($CUDA_HOME, PATH, /usr/local/cuda) for torch's CUDA {torch_cuda}: {ways}")

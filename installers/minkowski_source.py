@@ -75,7 +75,7 @@ def git_reachable(url: str, branch: str, timeout: float = LS_REMOTE_TIMEOUT_S) -
     return True, "reachable"
 
 
-def fetch_sdist(url: str, sha256: str, cache_dir: Path) -> Path:
+def fetch_sdist(url: str, sha256: str, cache_dir: Path, *, flag: str = "--source") -> Path:
     """The sdist in `cache_dir/sources/`, downloaded once with urllib and verified; refuse a mismatch."""
     target = Path(cache_dir) / "sources" / url.rsplit("/", 1)[-1]
     if target.is_file():
@@ -101,13 +101,26 @@ def fetch_sdist(url: str, sha256: str, cache_dir: Path) -> Path:
         write_atomic(target, download_verified)
     except OSError as exc:
         raise BuildError(
-            f"cannot download the MinkowskiEngine sdist {url}: {exc}. Offline? Pass --source PATH with a copy of "
+            f"cannot download the MinkowskiEngine sdist {url}: {exc}. Offline? Pass {flag} PATH with a copy of "
             "the sdist (a Kaggle data set or a carried file)"
         ) from None
     return target
 
 
-def locate(me, choice: str, cache_dir: Path, *, log=print) -> Source:
+def offline_candidates(me, choice: str) -> list[Source]:
+    """The sources `choice` may resolve to, known without any network (ids from the spec, a local path hashed),
+    so a cached wheel is found before `locate` tries git or a download. `auto` prefers the fork, as locate does."""
+    git = Source("git", me.commit, me.git_url, me.git_url)
+    sdist = Source("sdist", me.sdist_sha256, me.sdist_url, "")
+    if choice in ("auto", "git", "sdist"):
+        return {"auto": [git, sdist], "git": [git], "sdist": [sdist]}[choice]
+    try:
+        return [locate(me, choice, Path("."))]  # a local path: hashing it needs no network
+    except BuildError:
+        return []
+
+
+def locate(me, choice: str, cache_dir: Path, *, log=print, flag: str = "--source") -> Source:
     """Resolve --source (auto | git | sdist | PATH) against the spec's [minkowski] table `me`."""
     if choice == "auto":
         ok, why = git_reachable(me.git_url, me.branch)
@@ -116,7 +129,7 @@ def locate(me, choice: str, cache_dir: Path, *, log=print) -> Source:
     if choice == "git":
         return Source("git", me.commit, me.git_url, me.git_url)
     if choice == "sdist":
-        path = fetch_sdist(me.sdist_url, me.sdist_sha256, cache_dir)
+        path = fetch_sdist(me.sdist_url, me.sdist_sha256, cache_dir, flag=flag)
         return Source("sdist", me.sdist_sha256, me.sdist_url, str(path))
     path = Path(choice).expanduser().resolve()
     if path.is_dir():
@@ -128,7 +141,7 @@ def locate(me, choice: str, cache_dir: Path, *, log=print) -> Source:
         if digest == me.sdist_sha256:  # the pinned sdist, carried: same source, same cache key as a download
             return Source("sdist", digest, me.sdist_url, str(path))
         return Source("local", digest, str(path), str(path))
-    raise BuildError(f"--source {choice}: no such file or directory (use auto, git, sdist or a path)")
+    raise BuildError(f"{flag} {choice}: no such file or directory (use auto, git, sdist or a path)")
 
 
 def _extract(archive: Path, dest: Path) -> Path:

@@ -233,5 +233,5 @@ def check_free_space(path: Path, needed: int = MIN_FREE_BYTES) -> None:
     if free < needed:
         raise BuildError(
             f"only {free / 1024**3:.1f} GiB free at {probe_path}; building MinkowskiEngine needs about "
-            f"{needed / 1024**3:.0f} GiB: free some space or set TMPDIR / --cache to a larger disk"
+            f"{needed / 1024**3:.0f} GiB: free some space, or set TMPDIR / the wheel cache (build_minkowski.py --cache, kaggle_setup.py --me-cache) to a larger disk"
         )

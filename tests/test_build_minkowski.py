@@ -767,3 +767,65 @@ def test_cli_dry_run_and_errors(tmp_path, capsys):
     assert "would build" in capsys.readouterr().out
     assert bm.main(["--source", str(tmp_path / "missing"), "--cpu-only", "--cache", str(tmp_path / "c")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_a_fitting_wheel_is_found_before_any_source_lookup(tmp_path, monkeypatch):
+    """Offline with a wheel for the pinned sdist attached (issue 16): `auto` must not try git or a download first."""
+    spec = load_spec()
+    tc = mt.probe(sys.executable)
+    target = fx.BuildTarget(python=tc.python, cpu_only=True, torch=tc.torch, nvcc=tc.nvcc, gcc=tc.gcc)
+    sdist = ms.Source("sdist", spec.minkowski.sdist_sha256, spec.minkowski.sdist_url, "")
+    record = bm.build_record(
+        me_version=spec.minkowski.version,
+        source=sdist,
+        fixes=fx.needed_fixes(target),
+        tc=tc,
+        archs=None,
+        cpu_only=True,
+        blas=spec.minkowski.blas,
+    )
+    house = tmp_path / "house"
+    house.mkdir()
+    wheel = make_fake_wheel(house, name="minkowskiengine")
+    wheel = wheel.rename(wheel.with_name(f"minkowskiengine-0.5.4-{tc.python_tag}-{tc.python_tag}-linux_x86_64.whl"))
+    mw.embed_build_record(wheel, record)
+
+    def no_lookup(*args, **kwargs):
+        raise AssertionError("a source lookup (git ls-remote or the sdist download) ran before the cache lookup")
+
+    monkeypatch.setattr(bm, "locate", no_lookup)
+    for source in ("auto", "sdist"):
+        result = bm.ensure_installed(
+            spec,
+            source=source,
+            cpu_only=True,
+            cache_dir=tmp_path / "cache",
+            wheelhouses=[house],
+            install=False,
+            say=lambda _: None,
+        )
+        assert result.from_cache and result.wheel == wheel
+    with pytest.raises(AssertionError, match="source lookup"):  # nothing fits a git build: now it must look
+        bm.ensure_installed(spec, source="git", cpu_only=True, cache_dir=tmp_path / "c2", install=False, say=print)
+
+
+def test_a_missing_offline_sdist_names_the_callers_flag(tmp_path):
+    with pytest.raises(bm.BuildError, match="Offline\\? Pass --me-source PATH"):
+        ms.fetch_sdist((tmp_path / "nope.tar.gz").as_uri(), SDIST_SHA, tmp_path / "cache", flag="--me-source")
+
+
+def test_pip_with_a_legacy_setup_py_path_gets_use_pep517(tmp_path):
+    """Python 3.11/3.12's bundled pip 23.2.1 runs `setup.py egg_info` without --use-pep517, where config settings
+    never reach setup.py: it built CPU-only and died on numpy.distutils (issue 16's CUDA 12 build). pip >= 25.3
+    has no legacy path and no such flag."""
+    old = tmp_path / "old-pip"
+    subprocess.run([sys.executable, "-m", "venv", str(old)], check=True, timeout=300, capture_output=True)
+    old_python = str(old / "bin" / "python")
+    old_version = subprocess.run([old_python, "-m", "pip", "--version"], capture_output=True, text=True).stdout
+    modern = bm.pip_needs_pep517_flag(sys.executable)
+    assert bm.pip_needs_pep517_flag(old_python) is (int(old_version.split()[1].split(".")[0]) < 25), old_version
+    assert modern is (int(importlib.metadata.version("pip").split(".")[0]) < 25)
+    cmd = bm.wheel_command("py", Path("/src"), Path("/out"), cpu_only=False, blas="openblas", use_pep517=True)
+    assert "--use-pep517" in cmd and "--use-pep517" not in bm.wheel_command(
+        "py", Path("/src"), Path("/out"), cpu_only=False, blas="openblas"
+    )

@@ -22,6 +22,7 @@ import kaggle_lock  # noqa: E402
 import kaggle_pip  # noqa: E402
 import kaggle_toolchain  # noqa: E402
 
+from rsna_phase0.atomic import sha256_file  # noqa: E402
 from rsna_phase0.env.spec import load_spec  # noqa: E402
 
 HASH = "sha256:" + "ab" * 32
@@ -144,7 +145,8 @@ def test_nvcc_of_another_cuda_major_blocks_a_build_with_the_ways_out(tmp_path, m
     problems = kaggle_toolchain.build_problems(tool, torch_cuda="12.1", cpu_only=False)
     message = " ".join(problems)
     assert "CUDA 13.0 but torch is built with CUDA 12.1" in message
-    assert "nvidia-cuda-nvcc-cu12" in message and "--wheelhouse" in message and "--cpu-only" in message
+    assert "CUDA_HOME=/usr/local/cuda" in message and "--wheelhouse" in message and "--cpu-only" in message
+    assert "has no nvcc" in message and "pip install nvidia-cuda-nvcc" not in message  # that wheel holds no nvcc
     assert not any("nvcc" in p for p in kaggle_toolchain.build_problems(tool, torch_cuda="13.0", cpu_only=False))
     assert not any("nvcc" in p for p in kaggle_toolchain.build_problems(tool, torch_cuda="12.1", cpu_only=True))
 
@@ -185,10 +187,12 @@ def test_dry_run_shows_the_plan_and_changes_nothing(tmp_path):
     done = run_setup("--dry-run", "--kaggle-root", str(root), "--requirements", str(lock), "--cpu-only", env=env)
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "rsna-absent-demo - -> 1.0" in out
-    assert "hold" in out and "change" in out
-    assert "estimated time" in out
-    assert list((root / "working").iterdir()) == []  # a dry run writes nothing
+    venv_line = next(x for x in out.splitlines() if x.strip().startswith("venv"))
+    assert "change" in venv_line and str(root / "tmp" / "rsna_phase0_env") in venv_line
+    assert f"{len(spec.packages) + 2} to install" in out and "torch - -> 2.13.0+cpu" in out  # a new, empty env
+    assert "hold" in out and "estimated time" in out
+    assert sorted(p.name for p in root.iterdir()) == ["working"]  # a dry run writes nothing
+    assert list((root / "working").iterdir()) == []
 
 
 def notebook_commands() -> list[str]:
@@ -311,8 +315,102 @@ def test_plan_picks_a_fitting_wheel_kept_in_kaggle_input_and_skips_the_build(tmp
     assert "build" not in line
 
 
-def test_packages_pinned_to_another_torch_are_named_in_the_plan():
+def test_pip_wheel_folder_is_no_nvcc_candidate(tmp_path, monkeypatch):
+    """PyPI's nvidia-cuda-nvcc-cu12 ships ptxas and headers, no nvcc: the old advice could not work."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    found = kaggle_toolchain.find_nvcc()
+    assert found in (None, "/usr/local/cuda/bin/nvcc")
+
+
+def test_offline_without_a_wheelhouse_is_blocked_with_the_ways_out_not_a_resolver_error(tmp_path):
+    """Issue 16: offline, pip said `ResolutionImpossible ... blosc2==2.7.1`; the plan now says no index is reachable."""
+    spec_path = cpu_spec(tmp_path)
+    lock = tmp_path / "lock.txt"
+    lock.write_text(spec_lock(load_spec(spec_path)))
+    root = tmp_path / "kaggle"
+    (root / "working").mkdir(parents=True)
+    env = {**os.environ, "RSNA_PHASE0_SPEC": str(spec_path)}
+    args = ["--kaggle-root", str(root), "--requirements", str(lock), "--cpu-only"]
+    closed = "http://127.0.0.1:9/simple"  # the discard port: connection refused at once
+    plan = run_setup("--dry-run", *args, "--index-url", closed, env=env)
+    assert plan.returncode == 0 and "BLOCKED" in plan.stdout, plan.stdout
+    done = run_setup(*args, "--index-url", closed, env=env)
+    assert done.returncode == 1
+    message = done.stderr
+    assert f"no package index reachable ({closed}" in message and "ResolutionImpossible" not in message
+    assert "--make-wheelhouse DIR" in message and "--wheelhouse DIR" in message and str(root / "input") in message
+    assert not (root / "tmp").exists()  # refused before making anything
+
+
+def test_a_wheelhouse_is_used_only_when_it_holds_every_locked_wheel(tmp_path):
+    import kaggle_wheelhouse
+
+    folder = tmp_path / "house"
+    folder.mkdir()
+    (folder / "tqdm-4.66.2-py3-none-any.whl").write_bytes(b"tqdm")
+    (folder / "numpy-1.26.4-cp312-cp312-linux_x86_64.whl").write_bytes(b"numpy")
+    kaggle_wheelhouse.write_manifest(
+        folder, python="3.12", lock_path=folder / "tqdm-4.66.2-py3-none-any.whl", archs=None, sdist=None
+    )
+    digest = sha256_file(folder / "tqdm-4.66.2-py3-none-any.whl")
+    lock = tmp_path / "lock.txt"
+    lock.write_text(f"tqdm==4.66.2 --hash=sha256:{digest}\nnumpy==1.26.4 --hash={HASH}\n")
+    pins = kaggle_lock.parse_lock(lock)
+    (house,) = kaggle_wheelhouse.find([tmp_path])  # found one level down, as under /kaggle/input/NAME
+    assert house.missing(pins) == ["numpy"]  # a wheel whose hash the lock does not name does not count
+    lock.write_text(f"tqdm==4.66.2 --hash=sha256:{digest}\n")
+    assert house.missing(kaggle_lock.parse_lock(lock)) == []
+
+
+def test_example_notebook_has_no_placeholders_and_stops_clearly_when_a_data_set_is_missing(tmp_path):
+    """Issue 16: YOUR-ACCOUNT-style placeholders are gone; the first cell names what is missing and how to attach it."""
+    import json
+
+    notebook = json.loads((INSTALLERS / "phase0_kaggle_example.ipynb").read_text())
+    text = "".join("".join(c["source"]) for c in notebook["cells"])
+    assert "YOUR-" not in text
+    assert "/kaggle/input/openmind-brain-mri/OpenMind_processed" in text
+    assert "/kaggle/input/deeplesion-brain-ct/NIH_deeplesion/CT" in text
+    first = next("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code")
+    root = tmp_path / "kaggle"
+    (root / "input" / "openmind-brain-mri" / "OpenMind_processed").mkdir(parents=True)
+    with pytest.raises(SystemExit) as info:
+        exec(first.replace("/kaggle/", f"{root}/").replace('Path("/kaggle/input")', f'Path("{root}/input")'), {})
+    message = str(info.value)
+    assert "CT: " in message and "MRI: " not in message and "openmind-brain-mri" in message and "Add Input" in message
+    assert "CODE: " in message  # the code is not attached either
+
+
+def test_an_index_that_answers_with_a_certificate_problem_is_not_called_offline(monkeypatch):
+    """Behind a TLS-inspecting proxy urllib's certificates fail where pip's (its `cert` setting) work: not offline."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
     import kaggle_setup
 
-    users = {"torchvision": "torch==2.11.0", "torchaudio": "torch==2.4.0", "ptwt": "torch", "timm": "torch>=1.7"}
-    assert kaggle_setup.torch_pinned_elsewhere(users, "2.4.0") == ["torchvision (torch==2.11.0)"]
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError(ssl.SSLCertVerificationError(1, "self-signed certificate in certificate chain"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    assert kaggle_setup.index_unreachable("https://pypi.org/simple") == ""
+    assert "does not exist" in kaggle_setup.index_unreachable("file:///nonexistent/simple")
+
+
+def test_environment_sees_the_notebooks_packages_only_when_asked(tmp_path):
+    """--system-site-packages (rehearsals against an image's own torch): the notebook's packages become visible."""
+    import io
+
+    import kaggle_venv
+
+    for system_site in (False, True):
+        env = tmp_path / f"env-{system_site}"
+        pip_from = kaggle_venv.create(
+            sys.executable, env, wheel_folders=[], source_options=[], log=io.StringIO(), system_site=system_site
+        )
+        assert pip_from.startswith("pip-")
+        cfg = (env / "pyvenv.cfg").read_text()
+        assert f"include-system-site-packages = {'true' if system_site else 'false'}" in cfg
+        assert kaggle_venv.usable(env, sys.executable) == ""

@@ -1,5 +1,6 @@
-"""The Kaggle installer end to end, in a simulated Kaggle: a fresh virtual environment, a local wheelhouse locked
-with hashes, MinkowskiEngine CPU-only through the build module, check-env's report.
+"""The Kaggle installer end to end, in a simulated Kaggle: a fresh virtual environment as the notebook's Python, the
+reference environment the installer makes from it, a local wheelhouse locked with hashes, MinkowskiEngine CPU-only
+through the build module, check-env's report.
 
 The local torch 2.13.0+cpu wheel stands in for the pin (a copy of the spec with torch "2.13.0", cuda "cpu").
 The wheelhouse is downloaded from PyPI once and kept in ~/.cache/rsna_phase0/kaggle_test/; the MinkowskiEngine
@@ -73,6 +74,7 @@ def wheelhouse(torch_wheel, cpu_spec) -> Path:
     """Every wheel the spec needs for this Python, from PyPI (torch from the local file), cached across runs."""
     spec = load_spec(cpu_spec)
     wanted = [f"torch=={TORCH}", *pip_requirements(spec, include_torch=False), f"ninja=={spec.dev_packages['ninja']}"]
+    wanted += [f"setuptools=={spec.dev_packages['setuptools']}", f"wheel=={spec.dev_packages['wheel']}", "pip==26.3"]
     key = hashlib.sha256("\n".join([PY_TAG, *wanted]).encode()).hexdigest()[:12]
     house = CACHE / f"wheelhouse-{PY_TAG}-{key}"
     if (house / ".complete").exists():
@@ -151,23 +153,28 @@ def wheel_needing_new_torch(folder: Path) -> Path:
 
 
 class Kaggle:
-    """One simulated Kaggle session: /kaggle under a temp folder, a fresh venv as the notebook's Python."""
+    """One simulated Kaggle session: /kaggle under a temp folder, a fresh venv as the notebook's Python (`base`);
+    the installer makes the reference environment (`venv`, `python`) from it under <root>/tmp."""
 
-    def __init__(self, base: Path, spec: Path, wheelhouse: Path):
+    def __init__(self, base: Path, spec: Path, wheelhouse: Path, notebook_python: Path | None = None):
         self.root, self.spec, self.wheelhouse = base / "kaggle", spec, wheelhouse
         (self.root / "working").mkdir(parents=True)
         (self.root / "input").mkdir()
-        self.venv = base / "venv"
+        self.venv = self.root / "tmp" / "rsna_phase0_env"
         self.python = self.venv / "bin" / "python"
         self.lock = base / "requirements.lock"
         self.lock.write_text(kaggle_lock.lock_for_wheelhouse(wheelhouse))
         self.env = clean_env(RSNA_PHASE0_SPEC=str(spec))
-        done = run([sys.executable, "-m", "venv", self.venv], env=self.env, timeout=300)
-        assert done.returncode == 0, done.stderr
+        self.base = notebook_python
+        if self.base is None:
+            done = run([sys.executable, "-m", "venv", base / "notebook"], env=self.env, timeout=300)
+            assert done.returncode == 0, done.stderr
+            self.base = base / "notebook" / "bin" / "python"
 
-    def setup(self, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
-        command = [sys.executable, INSTALLERS / "kaggle_setup.py", "--kaggle-root", self.root, "--python", self.python]
-        command += ["--requirements", self.lock, "--no-index", "--find-links", self.wheelhouse, "--cpu-only", *extra]
+    def setup(self, *extra: str, sources: tuple[str, ...] | None = None, prefix: tuple[str, ...] = ()):
+        command = [*prefix, sys.executable, INSTALLERS / "kaggle_setup.py", "--kaggle-root", self.root]
+        command += ["--python", self.base, "--requirements", self.lock, "--cpu-only", *extra]
+        command += ["--no-index", "--find-links", self.wheelhouse] if sources is None else list(sources)
         started = time.monotonic()
         done = run(command, env=self.env, timeout=1200)
         return done, time.monotonic() - started
@@ -195,7 +202,14 @@ def test_first_run_installs_holds_and_proves_the_environment(session):
     done = session.first
     assert done.returncode == 0, f"{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
     out = done.stdout
-    for step in ("[packages] done", "[hold] done", "[minkowski] done", "[project] done", "[check-env] done"):
+    for step in (
+        "[venv] done",
+        "[packages] done",
+        "[hold] done",
+        "[minkowski] done",
+        "[project] done",
+        "[check-env] done",
+    ):
         assert step in out, out[-4000:]
     me_how = "cache hit" if "cache hit" in out else "built"
     print(f"first run: {session.first_seconds:.0f} s; MinkowskiEngine {me_how}")
@@ -215,7 +229,7 @@ def test_second_run_changes_nothing_and_takes_seconds(session):
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-3000:]}"
     print(f"second run: {seconds:.1f} s")
     assert seconds < 30
-    for step in ("packages", "hold", "minkowski", "project", "verify"):
+    for step in ("venv", "packages", "hold", "minkowski", "project", "verify"):
         assert f"[{step}] ok:" in done.stdout, done.stdout
     assert "PARITY" in done.stdout
     assert session.pip("freeze", "--all").stdout == before
