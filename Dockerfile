@@ -23,9 +23,9 @@ USER 0
 COPY env/conda-linux-64.lock env/requirements.lock docker/python_env.sh /tmp/lock/
 RUN sh /tmp/lock/python_env.sh /tmp/lock "${PYTHON_MINOR}"
 
-# --- The image ----------------------------------------------------------------------------------------------------
+# --- Build stage: compiler + CUDA toolkit + the locked packages, to build MinkowskiEngine's wheel -----------------
 # hadolint ignore=DL3006
-FROM ${BASE_IMAGE}
+FROM ${BASE_IMAGE} AS builder
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/env/bin:/usr/local/cuda/bin:${PATH} \
@@ -91,8 +91,56 @@ RUN HOME=/root python /opt/rsna_phase0/installers/build_minkowski.py --source "$
         --wheel-out /opt/wheels --log /opt/wheels/build.log \
     && rm -rf /tmp/me-cache
 
+# --- The image: what runs, without the compiler and without a second copy of CUDA ---------------------------------
+# The CUDA runtime libraries are torch's nvidia-* wheels only; MinkowskiEngine's wheel comes from the build stage.
+# hadolint ignore=DL3006
+FROM ${BASE_IMAGE}
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive \
+    PATH=/opt/env/bin:${PATH} \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    RSNA_PHASE0_SPEC=/opt/rsna_phase0/env/reference.toml \
+    RSNA_PHASE0_IMAGE_REPORT=/opt/rsna_phase0/reports/image-env.json
+
+# The user first, before anything can write into its home: all of /home/rsna is rsna's (pip --user, jupyter, caches).
+RUN useradd --uid 1000 --user-group --create-home --home-dir /home/rsna --shell /bin/bash rsna \
+    && install -d -o rsna -g rsna -m 0755 /home/rsna/.local /home/rsna/.cache /home/rsna/.config
+
+# MinkowskiEngine's runtime libraries: OpenBLAS and GCC's OpenMP (the build stage has the -dev packages).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libopenblas0 libgomp1 ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+# The GPU contract for the NVIDIA Container Toolkit: the driver rule is the spec's [driver] (check-env uses it too).
+ARG MIN_DRIVER=525.60.13
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    NVIDIA_REQUIRE_CUDA="driver>=${MIN_DRIVER}"
+
+COPY --from=python-env /opt/env /opt/env
+
+# The same locked packages as in the build stage (by hash, --no-deps, then pip check).
+ARG PIP_WHEELS=""
+COPY env/requirements.lock /tmp/lock/requirements.lock
+RUN pip install --no-deps --require-hashes ${PIP_WHEELS:+--find-links "${PIP_WHEELS}"} -r /tmp/lock/requirements.lock \
+    && pip check \
+    && rm -rf /tmp/lock
+
+# MinkowskiEngine's wheel (with its build record, rsna_build.json) and build log, then the build module's self-test
+# (CUDA support compiled in; the GPU comparison waits for a GPU: check-env runs it when a container starts).
+COPY --from=builder /opt/wheels /opt/wheels
+COPY installers/minkowski_selftest.py /tmp/minkowski_selftest.py
+RUN pip install --no-deps /opt/wheels/*.whl \
+    && HOME=/root python /tmp/minkowski_selftest.py --expect-cuda --no-gpu-ok \
+    && rm /tmp/minkowski_selftest.py
+
 # The project, editable from /opt/rsna_phase0 (so the spec is found beside it), and the build-time report.
 COPY pyproject.toml README.md /opt/rsna_phase0/
+COPY env/reference.toml /opt/rsna_phase0/env/reference.toml
+COPY installers /opt/rsna_phase0/installers
 COPY rsna_phase0 /opt/rsna_phase0/rsna_phase0
 COPY docker /opt/rsna_phase0/docker
 # hadolint ignore=DL3013

@@ -97,8 +97,22 @@ def test_the_image_and_check_env_share_one_driver_rule(tmp_path, monkeypatch):
     assert 'NVIDIA_REQUIRE_CUDA="driver>=${MIN_DRIVER}"' in DOCKERFILE.read_text()
 
 
+def _final_stage() -> str:
+    return DOCKERFILE.read_text().rsplit("\nFROM ${BASE_IMAGE}\n", 1)[1]
+
+
+def test_the_image_has_one_copy_of_cuda_and_no_compiler():
+    # The CUDA toolkit and GCC live in the build stage; the image gets MinkowskiEngine's wheel from it, and its CUDA
+    # runtime libraries only from torch's nvidia-* wheels.
+    final = _final_stage()
+    for absent in ("cuda_toolkit.sh", "g++", "gcc-", "libopenblas-dev", "CUDA_APT_PACKAGES"):
+        assert absent not in final, absent
+    assert "COPY --from=builder /opt/wheels /opt/wheels" in final
+    assert "FROM ${BASE_IMAGE} AS builder" in DOCKERFILE.read_text()
+
+
 def test_the_user_exists_before_anything_writes_its_home_and_user_is_numeric():
-    final = DOCKERFILE.read_text().split("\nFROM ${BASE_IMAGE}", 1)[1]
+    final = _final_stage()
     runs = [line for line in final.splitlines() if line.startswith("RUN ")]
     assert runs[0].startswith("RUN useradd --uid 1000"), runs[0]
     assert "HOME=/home/rsna" not in final.split("ENV HOME=/home/rsna")[0]  # set only after the last RUN
