@@ -23,12 +23,12 @@ USER 0
 COPY env/conda-linux-64.lock env/requirements.lock docker/python_env.sh /tmp/lock/
 RUN sh /tmp/lock/python_env.sh /tmp/lock "${PYTHON_MINOR}"
 
-# --- Build stage: compiler + CUDA toolkit + the locked packages, to build MinkowskiEngine's wheel -----------------
+# --- Runtime base: the user, Python and every locked package; both stages below start from it ---------------------
 # hadolint ignore=DL3006
-FROM ${BASE_IMAGE} AS builder
+FROM ${BASE_IMAGE} AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive \
-    PATH=/opt/env/bin:/usr/local/cuda/bin:${PATH} \
+    PATH=/opt/env/bin:${PATH} \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
@@ -39,16 +39,42 @@ ENV DEBIAN_FRONTEND=noninteractive \
 RUN useradd --uid 1000 --user-group --create-home --home-dir /home/rsna --shell /bin/bash rsna \
     && install -d -o rsna -g rsna -m 0755 /home/rsna/.local /home/rsna/.cache /home/rsna/.config
 
+# MinkowskiEngine's runtime libraries: OpenBLAS and GCC's OpenMP. Versions are those of the base's release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libopenblas0 libgomp1 ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+# The GPU contract for the NVIDIA Container Toolkit: the driver rule is the spec's [driver] (check-env uses it too).
+ARG MIN_DRIVER=525.60.13
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    NVIDIA_REQUIRE_CUDA="driver>=${MIN_DRIVER}"
+
+COPY --from=python-env /opt/env /opt/env
+
+# Every Python package, by hash, nothing beyond the lock (--no-deps): torch 2.4.0+cu121 and its nvidia-* wheels,
+# the image's only CUDA runtime libraries. PIP_WHEELS: optionally a folder or URL of the same wheels (find-links),
+# to build offline or without downloading 2.9 GB again; the hashes are checked all the same.
+ARG PIP_WHEELS=""
+COPY env/requirements.lock /tmp/lock/requirements.lock
+RUN pip install --no-deps --require-hashes ${PIP_WHEELS:+--find-links "${PIP_WHEELS}"} -r /tmp/lock/requirements.lock \
+    && pip check \
+    && rm -rf /tmp/lock
+
+# --- Build stage: the compiler and the CUDA toolkit, to build MinkowskiEngine's wheel (none of it is shipped) -----
+FROM runtime AS builder
+
 # The compiler, asked for by name (GCC 12: the newest CUDA 12.1 accepts; nvcc gets it as -ccbin through CC),
-# OpenBLAS headers and git for MinkowskiEngine. Versions are those of the base's release.
+# OpenBLAS headers and git for MinkowskiEngine.
 ARG GCC_VERSION=12
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends "gcc-${GCC_VERSION}" "g++-${GCC_VERSION}" libopenblas-dev git \
-        ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 ENV CC=gcc-${GCC_VERSION} \
-    CXX=g++-${GCC_VERSION}
+    CXX=g++-${GCC_VERSION} \
+    PATH=/opt/env/bin:/usr/local/cuda/bin:${PATH}
 
 # The CUDA compiler and headers, pinned (docker/cuda_toolkit.sh: nvidia-apt | distro-apt | base).
 ARG CUDA_SOURCE=nvidia-apt
@@ -59,23 +85,6 @@ ARG CUDA_APT_KEY_FINGERPRINT=EB693B3035CD5710E231E123A4B469963BF863CC
 ARG CUDA_APT_PACKAGES="cuda-nvcc-12-1=12.1.105-1 cuda-cudart-dev-12-1=12.1.105-1 cuda-cccl-12-1=12.1.109-1 cuda-driver-dev-12-1=12.1.105-1 cuda-nvtx-12-1=12.1.105-1 libcublas-dev-12-1=12.1.3.1-1 libcusparse-dev-12-1=12.1.0.106-1 libcusolver-dev-12-1=11.4.5.107-1 libcurand-dev-12-1=10.3.2.106-1"
 COPY docker/cuda_toolkit.sh /tmp/docker/cuda_toolkit.sh
 RUN sh /tmp/docker/cuda_toolkit.sh && rm -rf /tmp/docker
-
-# The GPU contract for the NVIDIA Container Toolkit: the driver rule is the spec's [driver] (check-env uses it too).
-ARG MIN_DRIVER=525.60.13
-ENV NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
-    NVIDIA_REQUIRE_CUDA="driver>=${MIN_DRIVER}"
-
-COPY --from=python-env /opt/env /opt/env
-
-# Every Python package, by hash, nothing beyond the lock (--no-deps): torch 2.4.0+cu121 and its nvidia-* wheels.
-# PIP_WHEELS: optionally a folder or URL of the same wheels (find-links) to build offline or without re-downloading
-# 2.9 GB; the hashes are checked all the same.
-ARG PIP_WHEELS=""
-COPY env/requirements.lock /tmp/lock/requirements.lock
-RUN pip install --no-deps --require-hashes ${PIP_WHEELS:+--find-links "${PIP_WHEELS}"} -r /tmp/lock/requirements.lock \
-    && pip check \
-    && rm -rf /tmp/lock
 
 # MinkowskiEngine, from the build module and the spec only (code changes do not rebuild it). No GPU is visible
 # during `docker build`: the module builds with --force_cuda for the archs given.
@@ -91,46 +100,11 @@ RUN HOME=/root python /opt/rsna_phase0/installers/build_minkowski.py --source "$
         --wheel-out /opt/wheels --log /opt/wheels/build.log \
     && rm -rf /tmp/me-cache
 
-# --- The image: what runs, without the compiler and without a second copy of CUDA ---------------------------------
-# The CUDA runtime libraries are torch's nvidia-* wheels only; MinkowskiEngine's wheel comes from the build stage.
-# hadolint ignore=DL3006
-FROM ${BASE_IMAGE}
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-ENV DEBIAN_FRONTEND=noninteractive \
-    PATH=/opt/env/bin:${PATH} \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONUNBUFFERED=1 \
-    RSNA_PHASE0_SPEC=/opt/rsna_phase0/env/reference.toml \
-    RSNA_PHASE0_IMAGE_REPORT=/opt/rsna_phase0/reports/image-env.json
+# --- The image: the runtime base plus MinkowskiEngine's wheel and the project -------------------------------------
+FROM runtime
 
-# The user first, before anything can write into its home: all of /home/rsna is rsna's (pip --user, jupyter, caches).
-RUN useradd --uid 1000 --user-group --create-home --home-dir /home/rsna --shell /bin/bash rsna \
-    && install -d -o rsna -g rsna -m 0755 /home/rsna/.local /home/rsna/.cache /home/rsna/.config
-
-# MinkowskiEngine's runtime libraries: OpenBLAS and GCC's OpenMP (the build stage has the -dev packages).
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends libopenblas0 libgomp1 ca-certificates \
-    && rm -rf /var/lib/apt/lists/*
-
-# The GPU contract for the NVIDIA Container Toolkit: the driver rule is the spec's [driver] (check-env uses it too).
-ARG MIN_DRIVER=525.60.13
-ENV NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
-    NVIDIA_REQUIRE_CUDA="driver>=${MIN_DRIVER}"
-
-COPY --from=python-env /opt/env /opt/env
-
-# The same locked packages as in the build stage (by hash, --no-deps, then pip check).
-ARG PIP_WHEELS=""
-COPY env/requirements.lock /tmp/lock/requirements.lock
-RUN pip install --no-deps --require-hashes ${PIP_WHEELS:+--find-links "${PIP_WHEELS}"} -r /tmp/lock/requirements.lock \
-    && pip check \
-    && rm -rf /tmp/lock
-
-# MinkowskiEngine's wheel (with its build record, rsna_build.json) and build log, then the build module's self-test
-# (CUDA support compiled in; the GPU comparison waits for a GPU: check-env runs it when a container starts).
+# The wheel (with its build record, rsna_build.json) and its build log, then the build module's self-test (CUDA
+# support compiled in; the GPU comparison waits for a GPU: check-env runs it when a container starts).
 COPY --from=builder /opt/wheels /opt/wheels
 COPY installers/minkowski_selftest.py /tmp/minkowski_selftest.py
 RUN pip install --no-deps /opt/wheels/*.whl \

@@ -97,26 +97,32 @@ def test_the_image_and_check_env_share_one_driver_rule(tmp_path, monkeypatch):
     assert 'NVIDIA_REQUIRE_CUDA="driver>=${MIN_DRIVER}"' in DOCKERFILE.read_text()
 
 
-def _final_stage() -> str:
-    return DOCKERFILE.read_text().rsplit("\nFROM ${BASE_IMAGE}\n", 1)[1]
+def _stages() -> dict[str, str]:
+    """The Dockerfile's stages by name ("" for the unnamed last one), each its text after FROM."""
+    parts = re.split(r"^FROM (\S+)(?: AS (\S+))?$", DOCKERFILE.read_text(), flags=re.M)
+    return {name or "": body for _, name, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True)}
 
 
 def test_the_image_has_one_copy_of_cuda_and_no_compiler():
     # The CUDA toolkit and GCC live in the build stage; the image gets MinkowskiEngine's wheel from it, and its CUDA
     # runtime libraries only from torch's nvidia-* wheels.
-    final = _final_stage()
-    for absent in ("cuda_toolkit.sh", "g++", "gcc-", "libopenblas-dev", "CUDA_APT_PACKAGES"):
-        assert absent not in final, absent
-    assert "COPY --from=builder /opt/wheels /opt/wheels" in final
-    assert "FROM ${BASE_IMAGE} AS builder" in DOCKERFILE.read_text()
+    stages = _stages()
+    assert list(stages) == ["python-env", "runtime", "builder", ""]
+    assert "cuda_toolkit.sh" in stages["builder"] and "build_minkowski.py" in stages["builder"]
+    for name in ("runtime", ""):
+        for absent in ("cuda_toolkit.sh", "g++", "gcc-", "libopenblas-dev", "CUDA_APT_PACKAGES", "build_minkowski.py"):
+            assert absent not in stages[name], (name, absent)
+    assert "COPY --from=builder /opt/wheels /opt/wheels" in stages[""]
+    assert re.search(r"^FROM runtime AS builder$", DOCKERFILE.read_text(), re.M)
+    assert re.search(r"^FROM runtime$", DOCKERFILE.read_text(), re.M)
 
 
 def test_the_user_exists_before_anything_writes_its_home_and_user_is_numeric():
-    final = _final_stage()
-    runs = [line for line in final.splitlines() if line.startswith("RUN ")]
+    stages = _stages()
+    runs = [line for line in stages["runtime"].splitlines() if line.startswith("RUN ")]
     assert runs[0].startswith("RUN useradd --uid 1000"), runs[0]
-    assert "HOME=/home/rsna" not in final.split("ENV HOME=/home/rsna")[0]  # set only after the last RUN
-    assert "RUN " not in final.split("ENV HOME=/home/rsna")[1]
+    assert "HOME=/home/rsna" not in DOCKERFILE.read_text().split("ENV HOME=/home/rsna")[0]  # set after the last RUN
+    assert "RUN " not in stages[""].split("ENV HOME=/home/rsna")[1]
     users = re.findall(r"^USER (\S+)$", DOCKERFILE.read_text(), re.M)
     assert users and all(re.fullmatch(r"\d+(:\d+)?", u) for u in users), users  # DL3066
     assert users[-1] == "1000:1000"

@@ -6,8 +6,9 @@
 #                                       nvidia-cuda-toolkit) plus the shared libraries CPython links against and
 #                                       this machine's extra CAs (EXTRA_CA_DIR: its TLS proxy), which the image's
 #                                       ca-certificates then trusts, as a company base image would
-#   rsna-local/python-standin:3.12.1   that base with CPython relocated to /opt/env: what the conda layer would
-#                                       hold (conda-forge python 3.12 + pip), made from pyenv's build instead
+#   rsna-local/python-standin:3.12.1   that base with CPython relocated to /opt/env and the conda lock's pip:
+#                                       what the conda layer would hold (conda-forge python 3.12 + pip), made
+#                                       from pyenv's build instead
 # Usage: DOCKER_HOST=unix://SOCK docker/standin/bases.sh WORK_DIR
 set -euo pipefail
 work=${1:?usage: bases.sh WORK_DIR}
@@ -40,10 +41,16 @@ if ! docker image inspect rsna-local/python-standin:3.12.1 >/dev/null 2>&1; then
     patchelf --set-rpath '$ORIGIN' "$ctx/env/lib/libpython3.12.so.1.0"
     for so in "$ctx/env/lib/python3.12/lib-dynload/"*.so; do patchelf --set-rpath '$ORIGIN/../..' "$so"; done
     grep -rlI "$py" "$ctx/env" | while read -r f; do sed -i "s#$py#/opt/env#g" "$f"; done
+    # The pip of env/conda-linux-64.lock (pip >= 25 builds every sdist through PEP 517, as MinkowskiEngine needs).
+    lock="$(dirname "$0")/../../env/conda-linux-64.lock"
+    pip_version=$(sed -nE 's#.*/pip-([0-9.]+)-py[^/]*\.conda\#.*#\1#p' "$lock")
+    "$py/bin/python3.12" -m pip download --isolated --no-deps --only-binary :all: -d "$ctx" "pip==$pip_version"
     cat > "$ctx/Dockerfile" <<'DOCKERFILE'
 FROM rsna-local/debian:trixie-minbase
 COPY env /opt/env
-RUN /opt/env/bin/python3.12 -m compileall -q /opt/env/lib/python3.12 > /dev/null; ln -sf python3.12 /opt/env/bin/python \
+COPY pip-*.whl /tmp/
+RUN /opt/env/bin/python3.12 -m pip install --no-index --no-deps /tmp/pip-*.whl && rm /tmp/pip-*.whl \
+    && /opt/env/bin/python3.12 -m compileall -q /opt/env/lib/python3.12 > /dev/null; ln -sf python3.12 /opt/env/bin/python \
     && /opt/env/bin/python -c "import ssl, sqlite3, ctypes, lzma, bz2, readline, sys; print(sys.prefix, sys.version)"
 DOCKERFILE
     docker build -q -t rsna-local/python-standin:3.12.1 "$ctx"
