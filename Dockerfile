@@ -2,8 +2,10 @@
 # that keep old versions: a plain OS base (Docker's official images keep their tags), the CUDA 12.1 compiler and
 # headers by exact version from NVIDIA's apt repository (key checked by fingerprint), Python + pip from
 # env/conda-linux-64.lock (conda-forge, md5-checked), every Python package from env/requirements.lock (sha256-checked,
-# the same file the Kaggle installer uses; the runtime CUDA libraries come only from torch's nvidia-* wheels),
-# MinkowskiEngine built for the GPUs in TORCH_CUDA_ARCH_LIST, rsna_phase0.
+# the same file the Kaggle installer uses), MinkowskiEngine built for the GPUs in TORCH_CUDA_ARCH_LIST, rsna_phase0.
+# Stages: python-env (/opt/env from the conda lock) -> runtime (user, runtime libraries, /opt/env, every locked
+# package) -> builder (runtime + GCC + CUDA toolkit: MinkowskiEngine's wheel) -> the image (runtime + that wheel +
+# the project). The image carries no compiler and one copy of CUDA: torch's nvidia-* wheels.
 # Build: `make docker-build` (= rsna-phase0 docker build, which passes the spec's values as build arguments).
 # The ARG defaults equal the spec; tests/test_docker_files.py fails when they drift. Layers run from slowest to
 # most often changed: a code change rebuilds only the last layer, in seconds. Works with the legacy builder (the
@@ -59,7 +61,6 @@ COPY --from=python-env /opt/env /opt/env
 ARG PIP_WHEELS=""
 COPY env/requirements.lock /tmp/lock/requirements.lock
 RUN pip install --no-deps --require-hashes ${PIP_WHEELS:+--find-links "${PIP_WHEELS}"} -r /tmp/lock/requirements.lock \
-    && pip check \
     && rm -rf /tmp/lock
 
 # --- Build stage: the compiler and the CUDA toolkit, to build MinkowskiEngine's wheel (none of it is shipped) -----
