@@ -4,6 +4,14 @@
 # A mismatch stops the container with check-env's explanation; RSNA_PHASE0_ALLOW_ENV_MISMATCH=1 runs anyway.
 set -eu
 
+# `rsna-phase0 docker train` runs as the calling user (files it writes are theirs); when that is not rsna (uid 1000)
+# the image's home is not theirs to write: give them one in /tmp so pip, matplotlib and torch caches still work.
+if [ ! -w "${HOME:-/nonexistent}" ]; then
+    HOME="/tmp/home-$(id -u)"
+    export HOME
+    mkdir -p "$HOME"
+fi
+
 if [ "${1:-}" = "rsna-phase0" ] && [ "${2:-}" = "check-env" ]; then
     exec "$@"  # the command is the check itself
 fi

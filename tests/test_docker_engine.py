@@ -7,7 +7,6 @@ tarball cached in ~/.cache/rsna_phase0/docker, so a second run skips debootstrap
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from docker_helpers import private_daemon, skip_reason
 
 from rsna_phase0.container import engine
 from rsna_phase0.container.engine import ContainerError, RunConfig
@@ -26,17 +26,6 @@ BASE_IMAGE = "rsna-phase0-test-base:bookworm"
 BASE_TARBALL = Path.home() / ".cache" / "rsna_phase0" / "docker" / "bookworm-minbase.tar"
 TEST_IMAGE = "rsna-phase0-test:latest"
 OTHER_UID = 4321
-
-
-def _skip_reason() -> str | None:
-    missing = [tool for tool in ("dockerd", "debootstrap") if shutil.which(tool) is None]
-    if missing:
-        return (
-            f"{', '.join(missing)} not installed: apt-get install docker.io containerd runc debootstrap (.ci/run does)"
-        )
-    if os.geteuid() != 0:
-        return "starting a private dockerd needs root"
-    return None
 
 
 def _base_tarball() -> Path:
@@ -58,66 +47,15 @@ def _base_tarball() -> Path:
 
 @pytest.fixture(scope="module")
 def client():
-    reason = _skip_reason()
+    reason = skip_reason()
     if reason:
         pytest.skip(reason)
-    import docker
-
     tarball = _base_tarball()
-    # Short paths: the socket path must stay under the 108-byte unix socket limit.
-    top = Path(tempfile.mkdtemp(prefix="rsna-dockerd-", dir="/tmp"))
-    sock = top / "docker.sock"
-    log = open(top / "dockerd.log", "wb")  # noqa: SIM115 - closed in the finally below
-    daemon = subprocess.Popen(
-        [
-            "dockerd",
-            f"--data-root={top / 'data'}",
-            f"--exec-root={top / 'exec'}",
-            f"--pidfile={top / 'dockerd.pid'}",
-            f"--host=unix://{sock}",
-            "--storage-driver=overlay2",
-            "--iptables=false",
-            "--ip6tables=false",
-            "--bridge=none",
-            "--ip-forward=false",
-            "--ip-masq=false",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                api = docker.DockerClient(base_url=f"unix://{sock}")  # asks the daemon for its API version
-                api.ping()
-                break
-            except Exception:
-                if daemon.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"dockerd did not start:\n{(top / 'dockerd.log').read_text()[-3000:]}")
-                time.sleep(0.2)
+    with private_daemon() as api:
         repository, tag = BASE_IMAGE.split(":")
         api.api.import_image_from_file(str(tarball), repository=repository, tag=tag)
         api.images.get(BASE_IMAGE)
-        old_host = os.environ.get("DOCKER_HOST")
-        os.environ["DOCKER_HOST"] = f"unix://{sock}"
-        try:
-            yield api
-        finally:
-            if old_host is None:
-                os.environ.pop("DOCKER_HOST", None)
-            else:
-                os.environ["DOCKER_HOST"] = old_host
-            api.close()
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        log.close()
-        shutil.rmtree(top, ignore_errors=True)
+        yield api
 
 
 @pytest.fixture(scope="module")

@@ -51,25 +51,40 @@ def docker() -> None:
 @click.option("--tag", default=DEFAULT_IMAGE, show_default=True)
 @click.option("--context", type=click.Path(file_okay=False, path_type=Path), default=".", show_default=True)
 @click.option("--archs", help="TORCH_CUDA_ARCH_LIST for MinkowskiEngine [default: the spec's cuda_archs].")
-@click.option("--cuda-base", help="CUDA devel base image [default: the spec's cuda_toolkit.docker_base].")
+@click.option(
+    "--cuda-base",
+    help="A base image that already has the CUDA toolkit (e.g. the spec's docker_base), used instead of the plain OS "
+    "base plus NVIDIA's apt packages.",
+)
 @click.option("--max-jobs", type=int, help="Parallel compile jobs for MinkowskiEngine [default: the build module's].")
 @click.option("--me-source", type=click.Choice(["git", "sdist"]), default="git", show_default=True)
-def build(tag: str, context: Path, archs: str | None, cuda_base: str | None, max_jobs: int | None, me_source: str):
+@click.option("--network", help="Network for the RUN steps (e.g. `host` where the default bridge has no internet).")
+@click.option("--build-arg", "extra_args", multiple=True, metavar="KEY=VALUE", help="Any other Dockerfile ARG.")
+def build(tag, context, archs, cuda_base, max_jobs, me_source, network, extra_args):
     """Build the image from the Dockerfile, with the versions of env/reference.toml; logs are streamed."""
     from rsna_phase0.container import engine
+    from rsna_phase0.container.build_args import parse_build_args, spec_build_args
     from rsna_phase0.env.spec import load_spec
 
-    spec = load_spec()
-    build_args = {
-        "CUDA_BASE": cuda_base or spec.docker_base,
-        "TORCH_CUDA_ARCH_LIST": archs or spec.minkowski.cuda_archs,
-        "ME_SOURCE": me_source,
-    }
+    build_args = {**spec_build_args(load_spec()), "ME_SOURCE": me_source}
+    if archs:
+        build_args["TORCH_CUDA_ARCH_LIST"] = archs
+    if cuda_base:
+        build_args.update(BASE_IMAGE=cuda_base, CUDA_SOURCE="base")
     if max_jobs:
         build_args["MAX_JOBS"] = str(max_jobs)
     try:
+        build_args.update(parse_build_args(extra_args))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
         image_id = engine.build_image(
-            engine.connect(), context, tag, build_args=build_args, write=lambda text: click.echo(text, nl=False)
+            engine.connect(),
+            context,
+            tag,
+            build_args=build_args,
+            network_mode=network,
+            write=lambda text: click.echo(text, nl=False),
         )
     except ContainerError as exc:
         raise _fail(exc) from None

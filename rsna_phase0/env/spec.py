@@ -37,6 +37,18 @@ class DevTorch:
 
 
 @dataclass(frozen=True)
+class DockerSpec:
+    """[docker]: the image's base, compiler and the pinned CUDA compiler packages (Dockerfile ARG defaults)."""
+
+    os_base: str
+    gcc: str
+    cuda_apt_repo: str
+    cuda_apt_key_fingerprint: str
+    cuda_apt_packages: tuple[str, ...]
+    micromamba_image: str
+
+
+@dataclass(frozen=True)
 class Spec:
     path: Path
     python_minor: str
@@ -50,10 +62,17 @@ class Spec:
     dev_packages: dict[str, str]
     minkowski: MinkowskiSpec
     dev_torch: DevTorch | None = None  # None: the spec declares no stand-in
+    docker: DockerSpec | None = None
+    min_driver_by_cuda_major: dict[str, str] | None = None  # [driver] min_linux
 
     @property
     def cuda_major(self) -> str:
         return self.torch_cuda.split(".")[0]
+
+    @property
+    def min_driver(self) -> str | None:
+        """The oldest NVIDIA driver for torch's CUDA major: check-env's rule and the image's NVIDIA_REQUIRE_CUDA."""
+        return (self.min_driver_by_cuda_major or {}).get(self.cuda_major)
 
 
 class SpecError(ValueError):
@@ -89,6 +108,8 @@ def load_spec(path: str | os.PathLike | None = None) -> Spec:
             dev_packages={str(k): str(v) for k, v in raw["dev_packages"].items()},
             minkowski=MinkowskiSpec(**{f: str(me[f]) for f in MinkowskiSpec.__dataclass_fields__}),
             dev_torch=_dev_torch(raw, path),
+            docker=_docker(raw),
+            min_driver_by_cuda_major={str(k): str(v) for k, v in raw["driver"]["min_linux"].items()},
         )
     except KeyError as exc:
         raise SpecError(f"{path}: missing key {exc}") from None
@@ -103,6 +124,13 @@ def _dev_torch(raw: dict, path: Path) -> DevTorch | None:
             f"{path}: [dev_torch] cuda must be \"cpu\" (the stand-in is a CPU build), not {section['cuda']!r}"
         )
     return DevTorch(version=str(section["version"]), index_url=str(section["index_url"]))
+
+
+def _docker(raw: dict) -> DockerSpec:
+    section = raw["docker"]
+    fields = {f: section[f] for f in DockerSpec.__dataclass_fields__}
+    fields["cuda_apt_packages"] = tuple(str(p) for p in fields["cuda_apt_packages"])
+    return DockerSpec(**{k: v if k == "cuda_apt_packages" else str(v) for k, v in fields.items()})
 
 
 def pip_requirements(spec: Spec, *, include_torch: bool = True, include_dev: bool = False) -> list[str]:

@@ -35,9 +35,6 @@ from rsna_phase0.env.parity import (
 from rsna_phase0.env.probes import is_failed
 from rsna_phase0.env.spec import Spec
 
-# Oldest Linux driver each CUDA major runs on (CUDA minor version compatibility, NVIDIA's compatibility table).
-MIN_DRIVER = {"11": "450.80.02", "12": "525.60.13", "13": "580.65.06"}
-
 
 def python_rows(probes: dict, spec: Spec) -> list[Row]:
     py = probes.get("python", {})
@@ -113,7 +110,7 @@ def gpu_rows(probes: dict, spec: Spec) -> list[Row]:
     if cpu_spec:
         rows.append(Row("NVIDIA driver", "n/a (CPU torch)", driver or show(smi), INFO))
     else:
-        minimum = MIN_DRIVER.get(spec.cuda_major)
+        minimum = spec.min_driver  # [driver] in the spec: the image's NVIDIA_REQUIRE_CUDA uses it too
         if driver is None:
             rows.append(Row("NVIDIA driver", f">= {minimum}", show(smi), WARNING, "install the NVIDIA driver"))
         else:
