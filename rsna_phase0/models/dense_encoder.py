@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsna_phase0.models.feature_masks import mask_at_stride, visible_weight
-from rsna_phase0.models.geometry import check_input_size, size_multiple, stage_dwt_levels
-from rsna_phase0.models.waveformer import WaveFormerStage
+from rsna_phase0.models.geometry import check_input_size, size_multiple
+from rsna_phase0.models.waveformer import preset_wave_stages
 from rsna_phase0.presets import Preset
 
 NORM_EPS = 1e-5  # as models/sparse_stages.py
@@ -94,13 +94,7 @@ class DenseEncoder(nn.Module):
         self.conv_stages = nn.ModuleList(
             DenseStage(dims[i - 1] if i else None, dims[i], depths[i]) for i in range(n_sparse)
         )
-        levels = stage_dwt_levels(preset)
-        self.wave_stages = nn.ModuleList(
-            WaveFormerStage(
-                dims[i - 1], dims[i], depths[i], preset.head_dim, levels[i], preset.mlp_ratio, preset.speedups
-            )
-            for i in range(n_sparse, len(dims))
-        )
+        self.wave_stages = preset_wave_stages(preset)
 
     def get_downsample_ratio(self) -> int:
         return 2 ** len(self.preset.stage_dims)

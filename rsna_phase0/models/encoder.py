@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rsna_phase0.models.feature_masks import mask_at_stride, visible_weight
-from rsna_phase0.models.geometry import check_input_size, stage_dwt_levels
+from rsna_phase0.models.geometry import check_input_size
 from rsna_phase0.models.sparse_stages import (
     SparseConvNorm,
     SparseStage,
@@ -23,7 +23,7 @@ from rsna_phase0.models.sparse_stages import (
     sparse_to_dense,
     visible_voxels_to_sparse,
 )
-from rsna_phase0.models.waveformer import WaveFormerStage
+from rsna_phase0.models.waveformer import preset_wave_stages
 from rsna_phase0.presets import Preset
 
 
@@ -57,13 +57,7 @@ class SparseWaveEncoder(nn.Module):
             SparseStage(dims[i - 1] if i else None, dims[i], depths[i], preset.sparse_conv_mode, preset.speedups)
             for i in range(n_sparse)
         )
-        levels = stage_dwt_levels(preset)
-        self.wave_stages = nn.ModuleList(
-            WaveFormerStage(
-                dims[i - 1], dims[i], depths[i], preset.head_dim, levels[i], preset.mlp_ratio, preset.speedups
-            )
-            for i in range(n_sparse, len(dims))
-        )
+        self.wave_stages = preset_wave_stages(preset)
 
     def get_downsample_ratio(self) -> int:
         return 2 ** len(self.preset.stage_dims)

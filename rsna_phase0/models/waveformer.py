@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rsna_phase0.models.geometry import stage_dwt_levels
 from rsna_phase0.models.speedups import HOISTED_INVARIANTS, TOKEN_LAYOUT
 from rsna_phase0.models.wavelet import dwt3, idwt3
 
@@ -240,3 +241,13 @@ class WaveFormerStage(nn.Module):
         for block in self.blocks:
             tokens = block(tokens, visible_tokens, key_valid)
         return tokens.movedim(-1, 1)
+
+
+def preset_wave_stages(preset) -> nn.ModuleList:
+    """The encoder's WaveFormer stages (those after the preset's sparse stages): the sparse encoder and its dense
+    export build them the same way, so the export copies them by name."""
+    dims, depths, levels = preset.stage_dims, preset.stage_depths, stage_dwt_levels(preset)
+    return nn.ModuleList(
+        WaveFormerStage(dims[i - 1], dims[i], depths[i], preset.head_dim, levels[i], preset.mlp_ratio, preset.speedups)
+        for i in range(preset.sparse_stages, len(dims))
+    )
