@@ -108,7 +108,7 @@ FROM runtime
 # The wheel (with its build record, rsna_build.json) and its build log, then the build module's self-test (CUDA
 # support compiled in; the GPU comparison waits for a GPU: check-env runs it when a container starts).
 COPY --from=builder /opt/wheels /opt/wheels
-COPY installers/minkowski_selftest.py /tmp/minkowski_selftest.py
+COPY installers/minkowski/selftest.py /tmp/minkowski_selftest.py
 RUN pip install --no-deps /opt/wheels/*.whl \
     && HOME=/root python /tmp/minkowski_selftest.py --expect-cuda --no-gpu-ok \
     && rm /tmp/minkowski_selftest.py

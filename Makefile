@@ -25,7 +25,7 @@ FAST_MARKERS ?= not slow and not docker and not gpu
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(VENV)/.ready: pyproject.toml env/reference.toml installers/build_minkowski.py
+$(VENV)/.ready: pyproject.toml env/reference.toml installers/build_minkowski.py installers/minkowski/build.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# refuse a CUDA torch before pip downloads gigabytes of it (see DEV_TORCH_INDEX above)

@@ -33,4 +33,4 @@ say "build + install + self-test: $(($(date +%s) - started)) s"
 chroot "$ROOT" env -i HOME=/root PATH="$VENV/bin:/usr/bin:/bin" sh -c \
   "python -c 'import json; from importlib.metadata import distribution as d; \
 print(json.dumps(json.loads(d(\"MinkowskiEngine\").read_text(\"rsna_build.json\")), indent=1))'; \
-   python /repo/installers/minkowski_selftest.py --expect-cuda --no-gpu-ok --version 0.5.4"
+   python /repo/installers/minkowski/selftest.py --expect-cuda --no-gpu-ok --version 0.5.4"

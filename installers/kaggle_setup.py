@@ -41,16 +41,16 @@ for _path in (str(HERE), str(REPO)):  # the build module and helpers; rsna_phase
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-import build_minkowski  # noqa: E402
 import kaggle_lock  # noqa: E402
 import kaggle_pip  # noqa: E402
 import kaggle_toolchain  # noqa: E402
 import kaggle_venv  # noqa: E402
 import kaggle_wheelhouse  # noqa: E402
 from kaggle_state import State, setup_key  # noqa: E402
-from minkowski_source import fetch_sdist  # noqa: E402
-from minkowski_wheel import read_build_record  # noqa: E402
 
+from installers.minkowski import build as build_minkowski  # noqa: E402
+from installers.minkowski.source import fetch_sdist  # noqa: E402
+from installers.minkowski.wheel import read_build_record  # noqa: E402
 from rsna_phase0.atomic import write_text_atomic  # noqa: E402
 from rsna_phase0.env.spec import SPEC_ENV_VAR, SpecError, load_spec  # noqa: E402
 

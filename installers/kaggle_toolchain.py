@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import minkowski_toolchain as mt
+from installers.minkowski import toolchain as mt
 
 GIB = 1 << 30
 TORCH_DISK_BYTES = 8 * GIB  # torch + nvidia-*-cu12 wheels, downloaded and unpacked

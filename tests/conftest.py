@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
 # the benchmark scripts' modules (profile_trace, throughput_measure, ...) are tested as they are run: from their folder
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+# the installers' packages (installers.minkowski, ...), which run from a checkout and are never pip-installed
+sys.path.insert(0, str(REPO))
 
 
 def _cuda_available() -> bool:

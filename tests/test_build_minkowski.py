@@ -25,12 +25,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "installers"))
 
-import build_minkowski as bm  # noqa: E402
-import minkowski_fixes as fx  # noqa: E402
-import minkowski_source as ms  # noqa: E402
-import minkowski_toolchain as mt  # noqa: E402
-import minkowski_wheel as mw  # noqa: E402
-
+from installers.minkowski import build as bm  # noqa: E402
+from installers.minkowski import fixes as fx  # noqa: E402
+from installers.minkowski import source as ms  # noqa: E402
+from installers.minkowski import toolchain as mt  # noqa: E402
+from installers.minkowski import wheel as mw  # noqa: E402
 from rsna_phase0.env.spec import load_spec  # noqa: E402
 
 CPU_311 = fx.BuildTarget(python="3.11", cpu_only=True, torch="2.13.0+cpu")

@@ -264,8 +264,9 @@ def prebuilt_me_wheel(folder: Path, *, torch: str, cpu_only: bool = True) -> Pat
     """A minimal real wheel carrying a build record as the build module embeds it (no compiled code inside)."""
     import zipfile
 
-    import build_minkowski
-    from minkowski_wheel import embed_build_record
+    from installers.minkowski import build as build_minkowski
+
+    from installers.minkowski.wheel import embed_build_record
 
     folder.mkdir(parents=True, exist_ok=True)
     wheel = folder / f"minkowskiengine-0.5.4-{kaggle_tag()}-linux_x86_64.whl"

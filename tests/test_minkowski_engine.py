@@ -18,7 +18,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "installers"))
 
-import minkowski_selftest as st  # noqa: E402
+from installers.minkowski import selftest as st  # noqa: E402
 
 try:
     with warnings.catch_warnings():

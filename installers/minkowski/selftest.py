@@ -1,6 +1,6 @@
 """Prove an installed MinkowskiEngine works: import, version, CUDA support as expected, and numbers.
 
-Run in the target Python (`python installers/minkowski_selftest.py [--expect-cuda] [--version 0.5.4]`); prints
+Run in the target Python (`python installers/minkowski/selftest.py [--expect-cuda] [--version 0.5.4]`); prints
 one line per check ("ok ..." / "FAIL ...") and exits non-zero on any failure. tests/test_minkowski_engine.py
 imports the same functions. The module itself imports only the standard library; torch and MinkowskiEngine are
 imported inside the checks, which run after they are installed.

@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from minkowski_common import FixError
-
+from installers.minkowski.errors import FixError
 from rsna_phase0.core.versions import version_tuple
 
 APPLIED, PRESENT, NOT_NEEDED = "applied", "already present", "not needed"

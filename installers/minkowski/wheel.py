@@ -15,8 +15,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from minkowski_common import BuildError
-
+from installers.minkowski.errors import BuildError
 from rsna_phase0.atomic import write_atomic
 
 BUILD_RECORD = "rsna_build.json"

@@ -14,8 +14,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from minkowski_common import BuildError
-
+from installers.minkowski.errors import BuildError
 from rsna_phase0.core.versions import version_tuple
 
 # One compile job of MinkowskiEngine's larger translation units peaks at about 2.5 GB (cc1plus / cicc).

@@ -17,9 +17,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from minkowski_common import BuildError
-
-from rsna_phase0.atomic import write_atomic
+from installers.minkowski.errors import BuildError
+from rsna_phase0.atomic import sha256_file, write_atomic
 
 LS_REMOTE_TIMEOUT_S = 20
 CLONE_TIMEOUT_S = 600
@@ -32,14 +31,6 @@ class Source:
     id: str  # commit sha | sdist sha256 | local tree/archive sha256
     url: str  # where it came from (git url, sdist url, or the local path)
     location: str  # what materialize reads: the git url, an archive path or a directory
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tree_hash(root: Path) -> str:
