@@ -92,7 +92,7 @@ ARGS ?=
 docker-build: setup ## build the reference image (CUDA 12.1, locked env, MinkowskiEngine for the spec's archs)
 	$(BIN)/rsna-phase0 docker build --tag $(IMAGE) $(DOCKER_ARGS)
 
-docker-test-e2e: setup ## build the image here with docker/standin's stand-ins and test it (root, dockerd, patchelf; ~1 h cold)
+docker-test-e2e: setup ## build the image here with docker/standin's stand-ins and test it (root, dockerd, patchelf; ~35 min cold)
 	RSNA_PHASE0_DOCKER_E2E=1 $(BIN)/python -m pytest -q tests/test_docker_image_e2e.py
 
 docker-train: setup ## train in the image: make docker-train DATA=/data OUT=runs/x PRESET=dev [ARGS="--time-budget 8h"]
