@@ -14,16 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from installers.kaggle import pip as kaggle_pip
+from installers.kaggle import toolchain as kaggle_toolchain
+from rsna_phase0.atomic import sha256_file
+from rsna_phase0.core import requirements_lock as kaggle_lock
+from rsna_phase0.core.versions import canonical_name
+from rsna_phase0.env.spec import load_spec
+
 REPO = Path(__file__).resolve().parents[1]
 INSTALLERS = REPO / "installers"
-sys.path.insert(0, str(INSTALLERS))
-
-import kaggle_lock  # noqa: E402
-import kaggle_pip  # noqa: E402
-import kaggle_toolchain  # noqa: E402
-
-from rsna_phase0.atomic import sha256_file  # noqa: E402
-from rsna_phase0.env.spec import load_spec  # noqa: E402
 
 HASH = "sha256:" + "ab" * 32
 
@@ -207,8 +206,7 @@ def test_example_notebook_uses_only_options_that_exist():
     """The notebook's shell lines parse with the installer's and the CLI's real option parsers."""
     import shlex
 
-    import kaggle_setup
-
+    from installers.kaggle import setup as kaggle_setup
     from rsna_phase0.cli import main as cli
 
     commands = notebook_commands()
@@ -232,7 +230,7 @@ def test_a_spec_package_missing_from_the_lock_is_accepted_only_when_installed_at
     lock = tmp_path / "lock.txt"
     lock.write_text(f"tqdm=={spec.packages['tqdm']} --hash={HASH}\n")
     pins = kaggle_lock.parse_lock(lock)
-    installed = {kaggle_lock.canonical_name(n): v for n, v in spec.packages.items()} | {"torch": "2.13.0+cpu"}
+    installed = {canonical_name(n): v for n, v in spec.packages.items()} | {"torch": "2.13.0+cpu"}
     kaggle_lock.check_against_spec(pins, spec, lock, installed)
     assert kaggle_lock.held_versions(pins, spec, installed)["torch"] == "2.13.0+cpu"
     with pytest.raises(kaggle_lock.LockError, match="numpy is missing .* not installed at that version"):
@@ -241,8 +239,9 @@ def test_a_spec_package_missing_from_the_lock_is_accepted_only_when_installed_at
 
 def test_rehearsal_describes_the_machine_it_runs_on(tmp_path):
     """Against this venv: the image's torch and packages as installed; a carried wheel's version wins."""
-    import kaggle_rehearsal
     import torch
+
+    from tools import kaggle_rehearsal
 
     carried = tmp_path / "whl"
     carried.mkdir()
@@ -265,7 +264,6 @@ def prebuilt_me_wheel(folder: Path, *, torch: str, cpu_only: bool = True) -> Pat
     import zipfile
 
     from installers.minkowski import build as build_minkowski
-
     from installers.minkowski.wheel import embed_build_record
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -346,7 +344,7 @@ def test_offline_without_a_wheelhouse_is_blocked_with_the_ways_out_not_a_resolve
 
 
 def test_a_wheelhouse_is_used_only_when_it_holds_every_locked_wheel(tmp_path):
-    import kaggle_wheelhouse
+    from installers.kaggle import wheelhouse as kaggle_wheelhouse
 
     folder = tmp_path / "house"
     folder.mkdir()
@@ -390,7 +388,7 @@ def test_an_index_that_answers_with_a_certificate_problem_is_not_called_offline(
     import urllib.error
     import urllib.request
 
-    import kaggle_setup
+    from installers.kaggle import setup as kaggle_setup
 
     def refuse(*args, **kwargs):
         raise urllib.error.URLError(ssl.SSLCertVerificationError(1, "self-signed certificate in certificate chain"))
@@ -404,7 +402,7 @@ def test_environment_sees_the_notebooks_packages_only_when_asked(tmp_path):
     """--system-site-packages (rehearsals against an image's own torch): the notebook's packages become visible."""
     import io
 
-    import kaggle_venv
+    from installers.kaggle import venv as kaggle_venv
 
     for system_site in (False, True):
         env = tmp_path / f"env-{system_site}"

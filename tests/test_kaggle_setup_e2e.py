@@ -24,13 +24,11 @@ from pathlib import Path
 
 import pytest
 
+from rsna_phase0.core import requirements_lock as kaggle_lock
+from rsna_phase0.env.spec import load_spec, pip_requirements
+
 REPO = Path(__file__).resolve().parents[1]
 INSTALLERS = REPO / "installers"
-sys.path.insert(0, str(INSTALLERS))
-
-import kaggle_lock  # noqa: E402
-
-from rsna_phase0.env.spec import load_spec, pip_requirements  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

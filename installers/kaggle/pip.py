@@ -67,13 +67,13 @@ class Installed:
     torch_users: dict[str, str]  # installed distribution -> its requirement on torch ("torch==2.11.0")
 
     def version_of(self, name: str) -> str | None:
-        from kaggle_lock import canonical_name
+        from rsna_phase0.core.versions import canonical_name
 
         return self.versions.get(canonical_name(name))
 
 
 def probe_installed(python: str, timeout: float = 60) -> Installed:
-    from kaggle_lock import canonical_name
+    from rsna_phase0.core.versions import canonical_name
 
     try:
         done = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=timeout)
@@ -235,5 +235,5 @@ def check_hold(python: str, constraints_file: Path) -> None:
         raise PipError(f"pip in {python} does not read the constraint {ours}")
 
 
-if __name__ == "__main__":  # a quick look at what the target interpreter has: python kaggle_pip.py [PYTHON]
+if __name__ == "__main__":  # a quick look at what the target interpreter has: python -m installers.kaggle.pip [PYTHON]
     print(probe_installed(sys.argv[1] if len(sys.argv) > 1 else sys.executable))

@@ -1,7 +1,7 @@
 """Rehearse the Kaggle setup on a machine whose torch came with its image (the GPU machine, or a Kaggle image
 kept as it is): write a spec override and a hashed lock that describe that machine, for kaggle_setup.py.
 
-    python installers/kaggle_rehearsal.py --python python3 --find-links .carry/whl --out /tmp/rehearsal
+    python -m tools.kaggle_rehearsal --python python3 --find-links .carry/whl --out /tmp/rehearsal
     RSNA_PHASE0_SPEC=/tmp/rehearsal/spec.toml python installers/kaggle_setup.py --requirements \
         /tmp/rehearsal/requirements.lock --no-index --find-links .carry/whl --system-site-packages ...
 
@@ -19,16 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-for _path in (str(HERE), str(HERE.parent)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import kaggle_lock  # noqa: E402
-import kaggle_pip  # noqa: E402
-
-from rsna_phase0.atomic import write_text_atomic  # noqa: E402
-from rsna_phase0.env.spec import load_spec  # noqa: E402
+from installers.kaggle import pip as kaggle_pip
+from rsna_phase0.atomic import write_text_atomic
+from rsna_phase0.core import requirements_lock as kaggle_lock
+from rsna_phase0.core.versions import canonical_name, public_version
+from rsna_phase0.env.spec import load_spec
 
 _TORCH_FACTS = (
     "import json, sys, torch; print(json.dumps({'python': '%d.%d' % sys.version_info[:2], 'torch': torch.__version__,"
@@ -83,14 +78,14 @@ def rehearse(python: str, find_links: list[Path], out: Path) -> tuple[Path, Path
     carried = wheel_versions(find_links)
     values: dict[tuple[str, str], str | int] = {
         ("python", "minor"): facts["python"],
-        ("torch", "version"): kaggle_lock.public_version(facts["torch"]),
+        ("torch", "version"): public_version(facts["torch"]),
         ("torch", "cuda"): facts["cuda"] or "cpu",
     }
     if facts["cuda"]:
         values[("torch", "cudnn")] = int(facts["cudnn"] or 0)
         values[("cuda_toolkit", "version")] = facts["cuda"]
     for name in spec.packages:
-        key = kaggle_lock.canonical_name(name)
+        key = canonical_name(name)
         version = carried.get(key) or installed.get(key)
         if version is None:
             raise RehearsalError(f"{name} is neither installed in {python} nor a wheel in {find_links}")
@@ -104,7 +99,7 @@ def rehearse(python: str, find_links: list[Path], out: Path) -> tuple[Path, Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python installers/kaggle_rehearsal.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.kaggle_rehearsal", description=__doc__.split("\n")[0])
     parser.add_argument("--python", default=sys.executable, help="the interpreter with the image's torch")
     parser.add_argument("--find-links", action="append", default=[], type=Path, help="folder of carried wheels")
     parser.add_argument("--out", required=True, type=Path, help="where spec.toml and requirements.lock go")

@@ -15,9 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import kaggle_lock
-
 from rsna_phase0.atomic import sha256_file, write_json_atomic
+from rsna_phase0.core import requirements_lock as kaggle_lock
 
 MANIFEST = "rsna_phase0_wheelhouse.json"
 SCHEMA = 1

@@ -1,0 +1,1 @@
+"""Developer tools, run from the checkout root: `python -m tools.NAME --help`."""
