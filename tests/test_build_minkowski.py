@@ -22,15 +22,14 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "installers"))
+from installers.minkowski import build as bm
+from installers.minkowski import fixes as fx
+from installers.minkowski import source as ms
+from installers.minkowski import toolchain as mt
+from installers.minkowski import wheel as mw
+from rsna_phase0.env.spec import load_spec
 
-from installers.minkowski import build as bm  # noqa: E402
-from installers.minkowski import fixes as fx  # noqa: E402
-from installers.minkowski import source as ms  # noqa: E402
-from installers.minkowski import toolchain as mt  # noqa: E402
-from installers.minkowski import wheel as mw  # noqa: E402
-from rsna_phase0.env.spec import load_spec  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CPU_311 = fx.BuildTarget(python="3.11", cpu_only=True, torch="2.13.0+cpu")
 CUDA_121 = fx.BuildTarget(python="3.12", cpu_only=False, torch="2.4.0+cu121", nvcc="12.1", gcc="11.4.0")

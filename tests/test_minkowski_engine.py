@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "installers"))
+from installers.minkowski import selftest as st
 
-from installers.minkowski import selftest as st  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 try:
     with warnings.catch_warnings():
