@@ -299,6 +299,7 @@ KEY_ARGS = dict(
     cuda_archs=None,
     cpu_only=True,
     blas="openblas",
+    me_version=load_spec().minkowski.version,
 )
 
 
@@ -315,6 +316,7 @@ def test_cache_key_is_stable_and_covers_every_binary_input():
         "cuda_archs": "7.5",
         "cpu_only": False,
         "blas": "mkl",
+        "me_version": "0.5.5",
         "fixer_revision": fx.FIXER_REVISION + 1,
     }
     keys = {bm.cache_key(**{**KEY_ARGS, name: value}) for name, value in changes.items()}

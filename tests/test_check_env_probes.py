@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from rsna_phase0.core import probes as core_probes
 from rsna_phase0.env import probes
 from rsna_phase0.env.probes import COULD_NOT_COLLECT
 
@@ -26,14 +27,14 @@ def fake_executable(folder, name, body):
 def test_a_command_that_hangs_is_killed_and_reported(tmp_path):
     # A wrapper whose child hangs: the whole process group must go, and the partial output is kept.
     slow = fake_executable(tmp_path, "slow", "echo started; sleep 60 & sleep 60")
-    result = probes.run_command([str(slow)], timeout=0.5)
+    result = core_probes.run_command([str(slow)], timeout=0.5)
     assert result.returncode is None
     assert "timed out after 0.5 s" in result.error
     assert result.stdout == "started\n"
 
 
 def test_a_missing_command_is_reported_not_raised(tmp_path):
-    result = probes.run_command([str(tmp_path / "absent")])
+    result = core_probes.run_command([str(tmp_path / "absent")])
     assert result.returncode is None and "could not start" in result.error
 
 
@@ -156,7 +157,7 @@ def test_real_torch_probe_sees_every_gpu_and_its_arch():
     [(None, None), ("{oops", "not valid JSON"), ('{"me_version": "0.5.4"}', "no schema field")],
 )
 def test_build_record_problems(text, problem):
-    record, why = probes.read_build_record(text)
+    record, why = core_probes.parse_build_record(text)
     assert record is None
     assert (why is None) if problem is None else (problem in why)
 
@@ -178,7 +179,7 @@ def test_probe_modules_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "import rsna_phase0.env.probes, rsna_phase0.env.check, rsna_phase0.env.commands, rsna_phase0.cli\n"
-        "import rsna_phase0.core.versions, rsna_phase0.core.requirements_lock, rsna_phase0.atomic\n"
+        "import rsna_phase0.core.versions, rsna_phase0.core.requirements_lock, rsna_phase0.core.probes, rsna_phase0.atomic\n"
         "facts = rsna_phase0.env.probes.probe_packages(['numpy', 'no-such-package-xyz'])\n"
         "assert facts['no-such-package-xyz'] is None and facts['numpy']\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"

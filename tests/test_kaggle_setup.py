@@ -17,6 +17,7 @@ import pytest
 from installers.kaggle import pip as kaggle_pip
 from installers.kaggle import toolchain as kaggle_toolchain
 from rsna_phase0.atomic import sha256_file
+from rsna_phase0.core import probes as core_probes
 from rsna_phase0.core import requirements_lock as kaggle_lock
 from rsna_phase0.core.versions import canonical_name
 from rsna_phase0.env.spec import load_spec
@@ -319,7 +320,7 @@ def test_pip_wheel_folder_is_no_nvcc_candidate(tmp_path, monkeypatch):
     for var in ("CUDA_HOME", "CUDA_PATH"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    found = kaggle_toolchain.find_nvcc()
+    found = core_probes.find_nvcc()
     assert found in (None, "/usr/local/cuda/bin/nvcc")
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rsna_phase0.atomic import write_text_atomic
+from rsna_phase0.core.probes import parse_build_record
+from rsna_phase0.core.versions import canonical_name
 
 HOLD_MARKER = "# Written by rsna_phase0 installers/kaggle_setup.py"
 
@@ -67,14 +69,10 @@ class Installed:
     torch_users: dict[str, str]  # installed distribution -> its requirement on torch ("torch==2.11.0")
 
     def version_of(self, name: str) -> str | None:
-        from rsna_phase0.core.versions import canonical_name
-
         return self.versions.get(canonical_name(name))
 
 
 def probe_installed(python: str, timeout: float = 60) -> Installed:
-    from rsna_phase0.core.versions import canonical_name
-
     try:
         done = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -82,10 +80,7 @@ def probe_installed(python: str, timeout: float = 60) -> Installed:
     if done.returncode != 0:
         raise PipError(f"{python}: probing installed packages failed: {done.stderr.strip()[-2000:]}")
     raw = json.loads(done.stdout.strip().splitlines()[-1])
-    try:
-        me_build = json.loads(raw["me_build"]) if raw["me_build"] else None
-    except json.JSONDecodeError:
-        me_build = None
+    me_build, _ = parse_build_record(raw["me_build"])  # a broken record counts as none: the wheel is rebuilt
     return Installed(
         executable=raw["executable"],
         prefix=raw["prefix"],

@@ -7,14 +7,13 @@ Each probe has a timeout and never raises; `build_problems` turns what is missin
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from installers.minkowski import toolchain as mt
+from rsna_phase0.core.probes import find_nvcc, nvcc_release, run_command, usable_cores
 
 GIB = 1 << 30
 TORCH_DISK_BYTES = 8 * GIB  # torch + nvidia-*-cu12 wheels, downloaded and unpacked
@@ -27,7 +26,7 @@ class Gpu:
 
 
 @dataclass(frozen=True)
-class Toolchain:
+class BuildOutlook:
     nvcc: str | None
     nvcc_version: str | None  # "12.1"
     cxx: str | None
@@ -43,50 +42,17 @@ class Toolchain:
         return mt.size_max_jobs(self.mem_available_bytes, self.cores)
 
 
-def _run(command: list[str], timeout: float = 20) -> str | None:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 else None
-
-
-def find_nvcc() -> str | None:
-    """$CUDA_HOME's nvcc, else PATH's, else /usr/local/cuda's (where Kaggle's GPU images keep their CUDA 12 toolkit).
-    PyPI's nvidia-cuda-nvcc-cu12 wheels hold ptxas, libnvvm and headers but no nvcc, so they are no candidate."""
-    candidates = [os.path.join(os.environ[v], "bin", "nvcc") for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
-    candidates += [shutil.which("nvcc") or "", "/usr/local/cuda/bin/nvcc"]
-    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
-
-
-def nvcc_release(nvcc: str) -> str | None:
-    match = re.search(r"release (\d+\.\d+)", _run([nvcc, "--version"]) or "")
-    return match.group(1) if match else None
-
-
 def gpus() -> tuple[Gpu, ...]:
-    out = _run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"])
+    result = run_command(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"], timeout=20)
     found = []
-    for line in (out or "").splitlines():
+    for line in (result.stdout if result.ok else "").splitlines():
         name, _, cap = line.rpartition(",")
         if re.fullmatch(r"\s*\d+\.\d+\s*", cap):
             found.append(Gpu(name.strip(), cap.strip()))
     return tuple(found)
 
 
-def usable_cores() -> int:
-    """CPUs this process may use: the affinity mask, lowered by a cgroup v2 CPU quota (containers, Kaggle)."""
-    cores = mt.usable_cores()
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)
-
-
-def probe(work_dir: str | Path, blas: str = "openblas") -> Toolchain:
+def probe(work_dir: str | Path, blas: str = "openblas") -> BuildOutlook:
     nvcc = find_nvcc()
     cxx = mt.find_cxx()
     existing = Path(work_dir).resolve()
@@ -96,9 +62,9 @@ def probe(work_dir: str | Path, blas: str = "openblas") -> Toolchain:
         free = shutil.disk_usage(existing).free
     except OSError:
         free = 0
-    return Toolchain(
+    return BuildOutlook(
         nvcc=nvcc,
-        nvcc_version=nvcc_release(nvcc) if nvcc else None,
+        nvcc_version=nvcc_release(nvcc),
         cxx=cxx,
         gcc=mt.gcc_version(cxx),
         blas_ok=bool(cxx) and mt.blas_header_found(cxx, blas),
@@ -115,7 +81,7 @@ def archs_for(gpu_list: tuple[Gpu, ...]) -> str | None:
     return ";".join(caps) or None
 
 
-def build_problems(tool: Toolchain, *, torch_cuda: str, cpu_only: bool, blas: str = "openblas") -> list[str]:
+def build_problems(tool: BuildOutlook, *, torch_cuda: str, cpu_only: bool, blas: str = "openblas") -> list[str]:
     """What stops a MinkowskiEngine build here, each with the ways out; empty when a build can start."""
     problems = []
     if not cpu_only:

@@ -45,10 +45,10 @@ from installers.minkowski.toolchain import (
     mem_available_bytes,
     probe,
     size_max_jobs,
-    usable_cores,
 )
 from installers.minkowski.wheel import SCHEMA, embed_build_record, read_build_record
 from rsna_phase0.atomic import copy_atomic
+from rsna_phase0.core.probes import usable_cores
 from rsna_phase0.core.versions import version_tuple
 
 __all__ = [
@@ -101,7 +101,7 @@ def cache_key(
     cuda_archs: str | None,
     cpu_only: bool,
     blas: str,
-    me_version: str = "0.5.4",
+    me_version: str,  # the spec's [minkowski] version
     fixer_revision: int = FIXER_REVISION,
 ) -> str:
     """A short hash of everything that changes the built binary: equal keys mean interchangeable wheels."""

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from installers.minkowski.errors import BuildError
+from rsna_phase0.core.probes import find_nvcc, nvcc_release, run_command
 from rsna_phase0.core.versions import version_tuple
 
 # One compile job of MinkowskiEngine's larger translation units peaks at about 2.5 GB (cc1plus / cicc).
@@ -46,7 +47,7 @@ print("RSNA_PROBE " + json.dumps(out))
 
 @dataclass(frozen=True)
 class Toolchain:
-    """What the target Python, its torch and this machine's compilers are."""
+    """What the target Python, its torch and this machine's compilers are (measured right before a build)."""
 
     python_exe: str
     python: str  # "3.11"
@@ -64,17 +65,10 @@ class Toolchain:
         return asdict(self)
 
 
-def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess | None:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
 def probe_python(python: str) -> dict:
     """Python version and torch facts of the target interpreter (a subprocess: it may not be this one)."""
-    proc = _run([python, "-c", _TORCH_PROBE], timeout=PROBE_TIMEOUT_S)
-    if proc is None:
+    proc = run_command([python, "-c", _TORCH_PROBE], timeout=PROBE_TIMEOUT_S)
+    if proc.returncode is None:
         raise BuildError(f"cannot run the target Python {python!r}: check the path (--python / sys.executable)")
     for line in proc.stdout.splitlines():
         if line.startswith("RSNA_PROBE "):
@@ -91,15 +85,11 @@ def probe_python(python: str) -> dict:
 
 
 def nvcc_version(cuda_home: str | None) -> str | None:
-    """'13.0' from `nvcc --version` in CUDA_HOME (or on PATH); None when there is no nvcc."""
-    candidates = [str(Path(cuda_home) / "bin" / "nvcc")] if cuda_home else []
-    candidates.append(shutil.which("nvcc") or "")
-    for nvcc in filter(None, candidates):
-        proc = _run([nvcc, "--version"])
-        match = re.search(r"release (\d+\.\d+)", proc.stdout) if proc and proc.returncode == 0 else None
-        if match:
-            return match.group(1)
-    return None
+    """'13.0' from `nvcc --version` in CUDA_HOME (torch's, so the one its extension builder uses), else the one
+    core.probes.find_nvcc finds; None when there is no nvcc."""
+    if cuda_home and (release := nvcc_release(str(Path(cuda_home) / "bin" / "nvcc"))):
+        return release
+    return nvcc_release(find_nvcc())
 
 
 def find_cxx() -> str | None:
@@ -113,11 +103,11 @@ def find_cxx() -> str | None:
 def gcc_version(cxx: str | None) -> str | None:
     if not cxx:
         return None
-    proc = _run([cxx, "--version"])
-    if proc is None or proc.returncode != 0 or "clang" in proc.stdout.lower():
+    proc = run_command([cxx, "--version"], timeout=30)
+    if not proc.ok or "clang" in proc.stdout.lower():
         return None
-    version = _run([cxx, "-dumpfullversion", "-dumpversion"])
-    return version.stdout.strip() if version and version.returncode == 0 else None
+    version = run_command([cxx, "-dumpfullversion", "-dumpversion"], timeout=30)
+    return version.stdout.strip() if version.ok else None
 
 
 def probe(python: str) -> Toolchain:
@@ -214,13 +204,6 @@ def size_max_jobs(mem_available_bytes: int | None, cores: int | None) -> int:
     if mem_available_bytes is None:
         return max(1, min(cores, 2))
     return max(1, min(cores, mem_available_bytes // BYTES_PER_JOB))
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def check_free_space(path: Path, needed: int = MIN_FREE_BYTES) -> None:

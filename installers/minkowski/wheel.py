@@ -17,8 +17,8 @@ from pathlib import Path
 
 from installers.minkowski.errors import BuildError
 from rsna_phase0.atomic import write_atomic
+from rsna_phase0.core.probes import BUILD_RECORD, parse_build_record
 
-BUILD_RECORD = "rsna_build.json"
 SCHEMA = 1
 
 
@@ -79,7 +79,8 @@ def read_build_record(wheel: Path) -> dict | None:
     try:
         with zipfile.ZipFile(wheel) as zf:
             name = f"{dist_info_dir(zf.namelist())}/{BUILD_RECORD}"
-            return json.loads(zf.read(name)) if name in zf.namelist() else None
+            record, _ = parse_build_record(zf.read(name).decode("utf-8") if name in zf.namelist() else None)
+            return record
     except (OSError, zipfile.BadZipFile, KeyError, ValueError, BuildError):
         return None
 

@@ -14,20 +14,24 @@ import os
 import platform
 import re
 import shutil
-import signal
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
+from rsna_phase0.core.probes import (
+    BUILD_RECORD,
+    COMMAND_TIMEOUT,
+    describe_exit,
+    find_nvcc,
+    parse_build_record,
+    run_command,
+)
+
 COULD_NOT_COLLECT = "could not collect"
-BUILD_RECORD = "rsna_build.json"  # written into MinkowskiEngine's dist-info by installers/build_minkowski.py
 WORKER_PREFIX = "RSNA_PROBE "
 HERE = Path(__file__).resolve().parent
 
-# Seconds. Generous on purpose: a cold torch import on a Kaggle disk can take 10-20 s; they only bound a hang.
-COMMAND_TIMEOUT = 10.0
+# Seconds. Generous on purpose: a cold torch import on a Kaggle disk can take 10-20 s; it only bounds a hang.
 WORKER_TIMEOUT = 60.0
 
 
@@ -37,54 +41,6 @@ def failed(why: str) -> dict:
 
 def is_failed(facts: object) -> bool:
     return isinstance(facts, dict) and "error" in facts and len(facts) == 1
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    returncode: int | None  # None: it did not finish (timeout, not found, could not start)
-    stdout: str
-    stderr: str
-    error: str | None = None
-
-
-def run_command(argv: list[str], timeout: float = COMMAND_TIMEOUT, env: dict | None = None) -> CommandResult:
-    """Run a command with a timeout; never raises. On timeout the whole process group is killed (a wrapper
-    script's children too) and what it printed so far is kept."""
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            env=env,
-            start_new_session=True,
-        )
-    except (OSError, ValueError) as exc:
-        return CommandResult(None, "", "", f"{argv[0]} could not start: {exc}")
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            proc.kill()
-        try:
-            stdout, stderr = proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:  # something outside the group holds the pipes open: give up on them
-            stdout, stderr = "", ""
-        return CommandResult(None, stdout or "", stderr or "", f"{Path(argv[0]).name} timed out after {timeout:g} s")
-    return CommandResult(proc.returncode, stdout, stderr)
-
-
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit code {returncode}"
 
 
 def worker_lines(stdout: str) -> list[dict]:
@@ -182,16 +138,6 @@ def probe_nvidia_smi(timeout: float = COMMAND_TIMEOUT) -> dict:
     return parse_nvidia_smi(result.stdout)
 
 
-def find_nvcc() -> str | None:
-    """nvcc as torch's extension builder would find it: $CUDA_HOME, then PATH, then /usr/local/cuda."""
-    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    candidates = [Path(cuda_home) / "bin" / "nvcc"] if cuda_home else []
-    on_path = shutil.which("nvcc")
-    candidates += [Path(on_path)] if on_path else []
-    candidates.append(Path("/usr/local/cuda/bin/nvcc"))
-    return next((str(c) for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
-
-
 def parse_nvcc_version(stdout: str) -> dict:
     match = re.search(r"release (\d+\.\d+), V([\d.]+)", stdout)
     if not match:
@@ -212,19 +158,6 @@ def probe_nvcc(timeout: float = COMMAND_TIMEOUT) -> dict:
     return facts if is_failed(facts) else {**facts, "path": exe}
 
 
-def read_build_record(text: str | None) -> tuple[dict | None, str | None]:
-    """Parse rsna_build.json: (record, problem). (None, None) when the wheel has none."""
-    if text is None:
-        return None, None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, f"{BUILD_RECORD} is not valid JSON: {exc}"
-    if not isinstance(record, dict) or "schema" not in record:
-        return None, f"{BUILD_RECORD} has no schema field: not written by installers/build_minkowski.py"
-    return record, None
-
-
 def probe_minkowski_install() -> dict:
     """Is MinkowskiEngine installed, which version, and how was it built (its rsna_build.json)? No import."""
     try:
@@ -235,7 +168,7 @@ def probe_minkowski_install() -> dict:
         return failed(f"{COULD_NOT_COLLECT}: {type(exc).__name__}: {exc}")
     facts: dict = {"installed": True, "version": dist.version}
     try:
-        record, problem = read_build_record(dist.read_text(BUILD_RECORD))
+        record, problem = parse_build_record(dist.read_text(BUILD_RECORD))
     except Exception as exc:
         record, problem = None, f"{BUILD_RECORD} unreadable: {type(exc).__name__}: {exc}"
     facts["build"] = record
