@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def pip_command(python: str, *args: str) -> list[str]:
     return [python, "-m", "pip", "--disable-pip-version-check", "--no-input", *args]
 
 
-def source_options(*, index_url: str | None, find_links: list[str], no_index: bool) -> list[str]:
+def source_options(*, index_url: str | None, find_links: Iterable[str], no_index: bool) -> list[str]:
     options = ["--no-index"] if no_index else []
     if index_url and not no_index:
         options += ["--index-url", index_url]

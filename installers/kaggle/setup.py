@@ -23,6 +23,7 @@ Exit 0 on parity, 1 on any failure (the message names the log).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import ssl
@@ -32,6 +33,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,17 +210,43 @@ def empty_environment(env_dir: Path, python_version: str) -> kaggle_pip.Installe
     return kaggle_pip.Installed(exe, str(env_dir), True, python_version, "", {}, None, None, {})
 
 
+@dataclass(frozen=True)
+class Options:
+    """What the command line asked for (main builds it; nothing below main sees argparse)."""
+
+    python: str  # the notebook's interpreter: read, never written
+    env_dir: str | None
+    requirements: str
+    index_url: str | None
+    find_links: tuple[str, ...]
+    no_index: bool
+    wheelhouse: tuple[str, ...]
+    make_wheelhouse: str | None
+    cpu_only: bool
+    archs: str | None
+    jobs: int | None
+    me_source: str
+    me_cache: str
+    pip_config: str
+    system_site_packages: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Options:
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
 class Setup:
-    def __init__(self, args: argparse.Namespace, layout: Layout):
-        self.args, self.layout = args, layout
-        self.base_python = args.python  # the notebook's: read, never written
-        self.env_dir = Path(args.env_dir).resolve() if args.env_dir else layout.env_dir
+    def __init__(self, options: Options, layout: Layout):
+        self.options, self.layout = options, layout
+        self.base_python = options.python  # the notebook's: read, never written
+        self.env_dir = Path(options.env_dir).resolve() if options.env_dir else layout.env_dir
         self.python = str(kaggle_venv.env_python(self.env_dir))
         try:
             self.spec = load_spec()
         except SpecError as exc:
             raise SetupError(str(exc)) from None
-        self.lock_path = Path(args.requirements).resolve()
+        self.lock_path = Path(options.requirements).resolve()
         if not self.lock_path.is_file():
             raise SetupError(
                 f"{self.lock_path}: the hashed requirements lock is missing; it comes with the repository "
@@ -238,12 +266,12 @@ class Setup:
             raise SetupError(str(exc)) from None
         self.held = kaggle_lock.held_versions(self.pins, self.spec, self.installed.versions)
         self.torch_version = self.held["torch"]
-        self.cpu_only = args.cpu_only or self.spec.torch_cuda == "cpu"
+        self.cpu_only = options.cpu_only or self.spec.torch_cuda == "cpu"
         self.tool = kaggle_toolchain.probe(layout.working)
-        default_archs = WHEELHOUSE_ARCHS if args.make_wheelhouse else kaggle_toolchain.archs_for(self.tool.gpus)
-        self.archs = None if self.cpu_only else (args.archs or default_archs)
-        self.jobs = args.jobs or self.tool.max_jobs
-        self.wheelhouses = [Path(w).resolve() for w in args.wheelhouse] + layout.input_wheelhouses()
+        default_archs = WHEELHOUSE_ARCHS if options.make_wheelhouse else kaggle_toolchain.archs_for(self.tool.gpus)
+        self.archs = None if self.cpu_only else (options.archs or default_archs)
+        self.jobs = options.jobs or self.tool.max_jobs
+        self.wheelhouses = [Path(w).resolve() for w in options.wheelhouse] + layout.input_wheelhouses()
         if layout.wheelhouse_out.is_dir():
             self.wheelhouses.append(layout.wheelhouse_out)
         self.offline, self.house_notes = self._find_offline_wheelhouse()
@@ -254,11 +282,11 @@ class Setup:
             "revision": INSTALLER_REVISION,
             "cpu_only": self.cpu_only,
             "archs": self.archs,
-            "me_source": args.me_source,
+            "me_source": options.me_source,
             "repo": str(REPO),
-            "pip_config": args.pip_config,
+            "pip_config": options.pip_config,
             "env_dir": str(self.env_dir),
-            "system_site": args.system_site_packages,
+            "system_site": options.system_site_packages,
             "base": self.base["base_prefix"],
         }
         self.key = setup_key(spec_path=self.spec.path, lock_path=self.lock_path, python=self.python, options=options)
@@ -267,7 +295,7 @@ class Setup:
     def _find_offline_wheelhouse(self) -> tuple[kaggle_wheelhouse.Wheelhouse | None, list[str]]:
         """A wheelhouse (--wheelhouse, or under <root>/input/*) holding every locked wheel: then nothing is
         downloaded. Not used when the command line names its own package source."""
-        a = self.args
+        a = self.options
         if a.make_wheelhouse or a.index_url or a.find_links or a.no_index:
             return None, []
         notes = []
@@ -304,8 +332,8 @@ class Setup:
             )
         )
         plan.steps.append(Step("check-env", True, f"rsna-phase0 check-env, report to {self.layout.report}", 15.0))
-        if self.args.make_wheelhouse:
-            out = Path(self.args.make_wheelhouse).resolve()
+        if self.options.make_wheelhouse:
+            out = Path(self.options.make_wheelhouse).resolve()
             plan.steps.append(
                 Step("wheelhouse", True, f"every locked wheel, pip, MinkowskiEngine wheel + sdist into {out}", 150.0)
             )
@@ -349,11 +377,11 @@ class Setup:
         return Step("packages", True, detail, seconds, blocked=self._offline_problem())
 
     def _index_url(self) -> str:
-        return self.args.index_url or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX
+        return self.options.index_url or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX
 
     def _offline_problem(self) -> str:
         """Why the packages cannot be fetched ("" when a wheelhouse or a reachable index can give them)."""
-        if self.offline or self.args.no_index:
+        if self.offline or self.options.no_index:
             return ""
         why = index_unreachable(self._index_url())
         if not why:
@@ -377,7 +405,7 @@ class Setup:
         if problem:
             return Step("hold", True, "the pins cannot be held for later pip runs", blocked=problem)
         if not path.exists() or path.read_text(encoding="utf-8") != self._constraints_text():
-            return Step("hold", True, f"write {path} and name it in the {self.args.pip_config} pip.conf", 2.0)
+            return Step("hold", True, f"write {path} and name it in the {self.options.pip_config} pip.conf", 2.0)
         try:
             kaggle_pip.check_hold(self.python, path)
         except kaggle_pip.PipError as exc:
@@ -398,7 +426,7 @@ class Setup:
     def fitting_wheel(self) -> Path | None:
         """A MinkowskiEngine wheel in the wheelhouses or the cache whose build record fits (the build module
         then picks by its exact cache key, which also covers the source and the fixes)."""
-        cache = Path(self.args.me_cache)
+        cache = Path(self.options.me_cache)
         for folder in [*self.wheelhouses, *sorted(p for p in cache.glob("*") if p.is_dir())]:
             for wheel in sorted(folder.glob("[Mm]inkowski[Ee]ngine-*.whl")):
                 if not self._me_misfit(read_build_record(wheel)):
@@ -422,7 +450,7 @@ class Setup:
         kind = "CPU-only" if self.cpu_only else f"CUDA (archs {self.archs})"
         where = ", ".join(str(w) for w in self.wheelhouses) or "none given"
         detail = (
-            f"{why}; no fitting wheel in the wheelhouses ({where}) or {self.args.me_cache}: {kind} build with MAX_JOBS={self.jobs}, "
+            f"{why}; no fitting wheel in the wheelhouses ({where}) or {self.options.me_cache}: {kind} build with MAX_JOBS={self.jobs}, "
             f"about {build / 60:.0f} min on {self.tool.cores} cores"
         )
         problems = kaggle_toolchain.build_problems(
@@ -451,12 +479,25 @@ class Setup:
                     say(f"[{step.name}] ok: {step.detail}")
                     continue
                 say(f"[{step.name}] ...")
-                getattr(self, "_do_" + step.name.replace("-", "_"))(log, say)
+                self._actions()[step.name](log, say)
                 say(f"[{step.name}] done in {time.monotonic() - started:.1f} s")
         return 0
 
+    def _actions(self) -> dict[str, Callable]:
+        """What each step of a plan runs, by its name."""
+        return {
+            "venv": self._do_venv,
+            "packages": self._do_packages,
+            "hold": self._do_hold,
+            "minkowski": self._do_minkowski,
+            "project": self._do_project,
+            "verify": self._do_verify,
+            "check-env": self._do_check_env,
+            "wheelhouse": self._do_wheelhouse,
+        }
+
     def _source_options(self) -> list[str]:
-        a = self.args
+        a = self.options
         if self.offline:
             return ["--no-index", "--find-links", str(self.offline.folder)]
         return kaggle_pip.source_options(index_url=a.index_url, find_links=a.find_links, no_index=a.no_index)
@@ -466,7 +507,7 @@ class Setup:
         folders = [
             *([self.offline.folder] if self.offline else []),
             *self.wheelhouses,
-            *map(Path, self.args.find_links),
+            *map(Path, self.options.find_links),
         ]
         try:
             pip_from = kaggle_venv.create(
@@ -475,7 +516,7 @@ class Setup:
                 wheel_folders=folders,
                 source_options=self._source_options(),
                 log=log,
-                system_site=self.args.system_site_packages,
+                system_site=self.options.system_site_packages,
             )
         except (kaggle_venv.VenvError, OSError) as exc:
             raise SetupError(f"{exc} (--env-dir names another place)") from None
@@ -508,7 +549,7 @@ class Setup:
         self._write_constraints()
         try:
             config, changed = kaggle_pip.hold_pins(
-                self.python, self.installed, self.layout.constraints, self.args.pip_config
+                self.python, self.installed, self.layout.constraints, self.options.pip_config
             )
         except kaggle_pip.PipError as exc:
             raise SetupError(str(exc)) from None
@@ -520,7 +561,7 @@ class Setup:
 
     def _do_minkowski(self, log, say) -> None:
         log.flush()
-        cache = Path(self.args.me_cache)
+        cache = Path(self.options.me_cache)
         sdist = self.offline.sdist if self.offline else None
         if sdist and not (cache / "sources" / sdist.name).is_file():  # where the build module looks, offline too
             (cache / "sources").mkdir(parents=True, exist_ok=True)
@@ -528,11 +569,11 @@ class Setup:
         try:
             result = build_minkowski.ensure_installed(
                 self.spec,
-                source=self.args.me_source,
+                source=self.options.me_source,
                 cpu_only=self.cpu_only,
                 archs=self.archs,
                 jobs=self.jobs,
-                cache_dir=Path(self.args.me_cache),
+                cache_dir=Path(self.options.me_cache),
                 wheelhouses=tuple(self.wheelhouses),
                 wheel_out=self.layout.wheelhouse_out,
                 log_path=self.layout.build_log,
@@ -594,7 +635,7 @@ class Setup:
             raise SetupError(f"check-env exit {done.returncode}: {verdict} (table above; report {self.layout.report})")
 
     def _do_wheelhouse(self, log, say) -> None:
-        out = Path(self.args.make_wheelhouse).resolve()
+        out = Path(self.options.make_wheelhouse).resolve()
         out.mkdir(parents=True, exist_ok=True)
         options = [*self._source_options(), "--progress-bar", "off"]
         args = ["download", "--no-deps", "--require-hashes", "-r", str(self.lock_path), "-d", str(out), *options]
@@ -620,7 +661,7 @@ class Setup:
         kaggle_wheelhouse.add_file(out, wheel)
         me = self.spec.minkowski
         try:
-            sdist = fetch_sdist(me.sdist_url, me.sdist_sha256, Path(self.args.me_cache), flag="--me-source")
+            sdist = fetch_sdist(me.sdist_url, me.sdist_sha256, Path(self.options.me_cache), flag="--me-source")
         except build_minkowski.BuildError as exc:
             raise SetupError(str(exc)) from None
         kaggle_wheelhouse.add_file(out, sdist)
@@ -732,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         layout = detect_layout(args.kaggle_root)
         log_hint = f" (log: {layout.log})"
-        setup = Setup(args, layout)
+        setup = Setup(Options.from_args(args), layout)
         plan = setup.plan()
         print(render_plan(setup, plan), flush=True)
         if args.dry_run:
