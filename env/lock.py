@@ -32,15 +32,15 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rsna_phase0.atomic import write_text_atomic  # run by `make lock` in .venv, which has the package
+from rsna_phase0.core.requirements_lock import LockError, format_lock, parse_lock
+from rsna_phase0.core.versions import canonical_name
+from rsna_phase0.env.spec import Spec, load_spec
+
 REPO = Path(__file__).resolve().parents[1]
 # conda-lock 2.5's vendored poetry replaces subprocess.run process-wide with a version without capture_output:
 # keep the real one, and never import conda_lock into a process that runs other code (the tests call this script).
 _run = subprocess.run
-
-from rsna_phase0.atomic import write_text_atomic  # noqa: E402  (run by `make lock` in .venv, which has the package)
-from rsna_phase0.core.requirements_lock import LockError, format_lock, parse_lock  # noqa: E402
-from rsna_phase0.core.versions import canonical_name  # noqa: E402
-from rsna_phase0.env.spec import Spec, load_spec  # noqa: E402
 
 PLATFORM = "linux-64"
 PIP_PLATFORM = "x86_64-manylinux_2_28"
