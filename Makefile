@@ -69,8 +69,8 @@ test-fast: setup ## the suite without slow, Docker and GPU tests (a few minutes)
 	$(BIN)/python -m pytest -q -m "$(FAST_MARKERS)" --durations=15
 
 lint: setup ## ruff (and hadolint on the Dockerfile)
-	$(BIN)/ruff check rsna_phase0 installers tests benchmarks env
-	$(BIN)/ruff format --check rsna_phase0 installers tests benchmarks env
+	$(BIN)/ruff check rsna_phase0 installers tools tests benchmarks env
+	$(BIN)/ruff format --check rsna_phase0 installers tools tests benchmarks env
 	$(BIN)/hadolint Dockerfile
 
 check-env: setup ## prove this environment equals the reference one (exit 3, a dev stand-in, is not an error here)
