@@ -829,3 +829,39 @@ def test_pip_with_a_legacy_setup_py_path_gets_use_pep517(tmp_path):
     assert "--use-pep517" in cmd and "--use-pep517" not in bm.wheel_command(
         "py", Path("/src"), Path("/out"), cpu_only=False, blas="openblas"
     )
+
+
+def test_a_wheel_built_elsewhere_for_more_archs_and_other_fixes_is_used_not_rebuilt(tmp_path, monkeypatch):
+    """The Kaggle session after the wheelhouse session: the wheel was built for 6.0;7.5 with another toolchain's
+    fixes, this machine asks for 7.5. The installer's plan calls it fitting, so the build module must install it
+    (before, its exact cache key differed in archs and fixes and it rebuilt: 20+ minutes on Kaggle)."""
+    spec = load_spec()
+    tc = mt.probe(sys.executable)
+    sdist = ms.Source("sdist", spec.minkowski.sdist_sha256, spec.minkowski.sdist_url, "")
+
+    def record(fixes, archs, cpu_only):
+        return bm.build_record(
+            me_version=spec.minkowski.version, source=sdist, fixes=fixes, tc=tc, archs=archs, cpu_only=cpu_only,
+            blas=spec.minkowski.blas,
+        )  # fmt: skip
+
+    cuda = {**record(["collections-abc", "another-toolchains-fix"], "6.0;7.5", False), "torch_cuda": "12.1"}
+    cuda["cache_key"] = bm.key_of_record(cuda)
+    wanted = {**cuda, "fixes": ["collections-abc"], "cuda_archs": "7.5"}
+    assert bm.record_misfit(cuda, wanted) == ""
+    assert "archs" in bm.record_misfit(cuda, {**wanted, "cuda_archs": "8.6"})
+    assert "torch" in bm.record_misfit(cuda, {**wanted, "torch": "9.9.9"})
+    assert "CUDA" in bm.record_misfit(cuda, {**wanted, "torch_cuda": "11.8"})
+    assert "inconsistent" in bm.record_misfit({**cuda, "torch": "9.9.9"}, wanted)
+
+    house = tmp_path / "house"
+    house.mkdir()
+    wheel = make_fake_wheel(house, name="minkowskiengine")
+    wheel = wheel.rename(wheel.with_name(f"minkowskiengine-0.5.4-{tc.python_tag}-{tc.python_tag}-linux_x86_64.whl"))
+    mw.embed_build_record(wheel, record(["another-toolchains-fix"], None, True))
+    monkeypatch.setattr(bm, "locate", lambda *a, **k: pytest.fail("looked for a source: the fitting wheel was missed"))
+    result = bm.ensure_installed(
+        spec, source="sdist", cpu_only=True, cache_dir=tmp_path / "cache", wheelhouses=[house], install=False,
+        say=lambda _: None,
+    )  # fmt: skip
+    assert result.from_cache and result.wheel == wheel

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from rsna_phase0.core.archs import arch_covers
 from rsna_phase0.env import check, parity, probes
-from rsna_phase0.env.archs import arch_covers
 from rsna_phase0.env.check import EnvironmentMismatch, render_table, require_parity, run_check
 from rsna_phase0.env.parity import INFO, MISMATCH, OK, WARNING
 from rsna_phase0.env.report_rules import compare_with_report

@@ -47,7 +47,6 @@ from installers.minkowski.source import fetch_sdist
 from installers.minkowski.wheel import read_build_record
 from rsna_phase0.atomic import write_text_atomic
 from rsna_phase0.core import requirements_lock as kaggle_lock
-from rsna_phase0.core.versions import public_version
 from rsna_phase0.env.spec import SPEC_ENV_VAR, SpecError, load_spec
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout: the lock, the project to install
@@ -163,28 +162,17 @@ def estimate_build_seconds(cpu_only: bool, archs: str | None, jobs: int) -> floa
 def me_record_misfit(
     record: dict | None, *, spec, python: str, torch_version: str, cpu_only: bool, archs: str | None
 ) -> str:
-    """Empty when a MinkowskiEngine build record fits this setup, else why not (checked without importing it)."""
-    if not record:
-        return "not built by installers/build_minkowski.py (no build record)"
-    if record.get("cache_key") != build_minkowski.key_of_record(record):
-        return "its build record is inconsistent (cache key does not match its fields)"
-    if record.get("me_version") != spec.minkowski.version:
-        return f"it is version {record.get('me_version')}, the spec says {spec.minkowski.version}"
-    if record.get("python") != python:
-        return f"it was built for Python {record.get('python')}, this is {python}"
-    built_torch = str(record.get("torch", ""))
-    same = built_torch == torch_version if "+" in torch_version else public_version(built_torch) == torch_version
-    if not same:
-        return f"it was compiled against torch {built_torch}, the lock has {torch_version}"
-    if bool(record.get("cpu_only")) != cpu_only:
-        return f"it is a {'CPU-only' if record.get('cpu_only') else 'CUDA'} build"
-    if not cpu_only and str(record.get("torch_cuda")) != spec.torch_cuda:
-        return f"it was built with torch CUDA {record.get('torch_cuda')}, the spec says {spec.torch_cuda}"
-    if not cpu_only and archs:
-        missing = sorted(set(archs.split(";")) - set(str(record.get("cuda_archs") or "").split(";")))
-        if missing:
-            return f"it was built for archs {record.get('cuda_archs')}, not {';'.join(missing)}"
-    return ""
+    """Empty when a MinkowskiEngine build record fits this setup, else why not (checked without importing it): the
+    build module's own rule (build_minkowski.record_misfit), so what the plan calls fitting is what it installs."""
+    wanted = {
+        "me_version": spec.minkowski.version,
+        "python": python,
+        "torch": torch_version,
+        "torch_cuda": spec.torch_cuda,
+        "cpu_only": cpu_only,
+        "cuda_archs": archs,
+    }
+    return build_minkowski.record_misfit(record, wanted)
 
 
 def index_unreachable(url: str, timeout: float = 10) -> str:

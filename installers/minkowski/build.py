@@ -48,8 +48,9 @@ from installers.minkowski.toolchain import (
 )
 from installers.minkowski.wheel import SCHEMA, embed_build_record, read_build_record
 from rsna_phase0.atomic import copy_atomic
+from rsna_phase0.core.archs import arch_covers, parse_archs
 from rsna_phase0.core.probes import usable_cores
-from rsna_phase0.core.versions import version_tuple
+from rsna_phase0.core.versions import public_version, version_tuple
 
 __all__ = [
     "BuildError",
@@ -139,19 +140,59 @@ def key_of_record(record: dict) -> str | None:
         return None
 
 
-def find_cached_wheel(key: str, cache_dir: Path, wheelhouses: Iterable[Path] = ()) -> Path | None:
-    """A wheel whose embedded record matches `key`: first the cache's own folder, then the extra wheelhouses."""
+def find_cached_wheel(
+    key: str, cache_dir: Path, wheelhouses: Iterable[Path] = (), fits: dict | None = None
+) -> Path | None:
+    """A wheel whose embedded record matches `key` (the cache's own folder, then the extra wheelhouses); failing
+    that, with `fits` (the record of the build this machine would make), a wheel that `record_misfit` accepts."""
     machine = platform.machine()
     candidates = sorted((Path(cache_dir) / key).glob("*.whl"))
     for house in wheelhouses:
         candidates += sorted(p for p in Path(house).glob("*.whl") if p.name.lower().startswith("minkowskiengine-"))
-    for wheel in candidates:
-        if machine and machine not in wheel.name:
-            continue
-        record = read_build_record(wheel)
+    candidates = [w for w in candidates if not machine or machine in w.name]
+    records = [(wheel, read_build_record(wheel)) for wheel in candidates]
+    for wheel, record in records:
         if record is not None and key_of_record(record) == key:
             return wheel
+    for wheel, record in records if fits else ():
+        if not record_misfit(record, fits):
+            return wheel
     return None
+
+
+def record_misfit(record: dict | None, wanted: dict) -> str:
+    """Empty when a wheel with build record `record` can serve the build `wanted` (the record this machine would
+    write; `source` and `blas` may be left out), else why not. The one rule for "this wheel fits": the cache and
+    wheelhouse lookup here and the Kaggle installer's plan both use it. The fixes may differ (they follow the
+    toolchain that compiled it, not the binary's interface) and a CUDA wheel may cover more archs than asked."""
+    if not record:
+        return "not built by installers/build_minkowski.py (no build record)"
+    if record.get("cache_key") != key_of_record(record):
+        return "its build record is inconsistent (cache key does not match its fields)"
+    if record.get("me_version") != wanted["me_version"]:
+        return f"it is version {record.get('me_version')}, the spec says {wanted['me_version']}"
+    source, want_source = record.get("source") or {}, wanted.get("source")
+    if want_source and source.get("id") != want_source["id"]:
+        return (
+            f"it was built from {source.get('kind')} {source.get('id')}, not {want_source['kind']} {want_source['id']}"
+        )
+    if record.get("python") != wanted["python"]:
+        return f"it was built for Python {record.get('python')}, this is {wanted['python']}"
+    built_torch, want_torch = str(record.get("torch", "")), wanted["torch"]
+    if (built_torch if "+" in want_torch else public_version(built_torch)) != want_torch:
+        return f"it was compiled against torch {built_torch}, not {want_torch}"
+    if bool(record.get("cpu_only")) != bool(wanted["cpu_only"]):
+        return f"it is a {'CPU-only' if record.get('cpu_only') else 'CUDA'} build"
+    if wanted.get("blas") and record.get("blas") != wanted["blas"]:
+        return f"it uses BLAS {record.get('blas')}, not {wanted['blas']}"
+    if not wanted["cpu_only"]:
+        if str(record.get("torch_cuda")) != str(wanted["torch_cuda"]):
+            return f"it was built with torch CUDA {record.get('torch_cuda')}, not {wanted['torch_cuda']}"
+        wanted_caps = sorted({f"{major}.{minor}" for major, minor, _ in parse_archs(wanted.get("cuda_archs"))})
+        missing = [cap for cap in wanted_caps if not arch_covers(record.get("cuda_archs"), cap)]
+        if missing:
+            return f"it was built for archs {record.get('cuda_archs')}, which do not run on {';'.join(missing)}"
+    return ""
 
 
 @contextlib.contextmanager
@@ -446,14 +487,14 @@ def ensure_installed(
     cached = None
     for candidate in offline_candidates(me, source):
         record = record_for(candidate)
-        cached = find_cached_wheel(record["cache_key"], cache_dir, houses)
+        cached = find_cached_wheel(record["cache_key"], cache_dir, houses, fits=record)
         if cached:
             src = candidate
             break
     if cached is None:
         src = locate(me, source, cache_dir, log=say, flag=source_flag)
         record = record_for(src)
-        cached = find_cached_wheel(record["cache_key"], cache_dir, houses)
+        cached = find_cached_wheel(record["cache_key"], cache_dir, houses, fits=record)
     key = record["cache_key"]
     say(f"source: {src.kind} {src.id} ({src.url}); fixes: {', '.join(fixes) or 'none'}; cache key {key}")
     if dry_run:

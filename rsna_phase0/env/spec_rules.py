@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from rsna_phase0.core.archs import arch_covers, parse_archs
 from rsna_phase0.core.versions import public_version, version_tuple
-from rsna_phase0.env.archs import arch_covers, parse_archs
 from rsna_phase0.env.parity import (
     BUILD_MINKOWSKI,
     CPU,
