@@ -131,8 +131,14 @@ def test_ctrl_c_sends_sigterm_and_the_container_exits_cleanly(client, image, tmp
         if "ready" in text:  # the container runs: press Ctrl-C while the log stream is blocked reading
             threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
 
+    # a test runner started in the background (nohup, `cmd &` in a script) inherits SIGINT ignored, and Python then
+    # never turns it into KeyboardInterrupt: give the test a terminal's Ctrl-C, whatever started it
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()
-    code = engine.run(client, config, write)
+    try:
+        code = engine.run(client, config, write)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     text = "".join(lines)
     assert code == 143, text
     assert "interrupted: sending SIGTERM" in text
