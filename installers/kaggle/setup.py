@@ -159,22 +159,6 @@ def estimate_build_seconds(cpu_only: bool, archs: str | None, jobs: int) -> floa
     return core_seconds / max(1, jobs)
 
 
-def me_record_misfit(
-    record: dict | None, *, spec, python: str, torch_version: str, cpu_only: bool, archs: str | None
-) -> str:
-    """Empty when a MinkowskiEngine build record fits this setup, else why not (checked without importing it): the
-    build module's own rule (build_minkowski.record_misfit), so what the plan calls fitting is what it installs."""
-    wanted = {
-        "me_version": spec.minkowski.version,
-        "python": python,
-        "torch": torch_version,
-        "torch_cuda": spec.torch_cuda,
-        "cpu_only": cpu_only,
-        "cuda_archs": archs,
-    }
-    return build_minkowski.record_misfit(record, wanted)
-
-
 def index_unreachable(url: str, timeout: float = 10) -> str:
     """Why the package index cannot be reached ("" when it answers at all: any HTTP status counts)."""
     if url.startswith("file:"):
@@ -401,15 +385,17 @@ class Setup:
         return Step("hold", False, f"pip applies {path} (torch=={self.torch_version} and every pin)")
 
     def _me_misfit(self, record: dict | None) -> str:
-        python = self.installed.python_version.rsplit(".", 1)[0]
-        return me_record_misfit(
-            record,
-            spec=self.spec,
-            python=python,
-            torch_version=self.torch_version,
-            cpu_only=self.cpu_only,
-            archs=self.archs,
-        )
+        """Empty when a MinkowskiEngine build record fits this setup, else why not (without importing it): the build
+        module's own rule, so what the plan calls fitting is what it installs."""
+        wanted = {
+            "me_version": self.spec.minkowski.version,
+            "python": self.installed.python_version.rsplit(".", 1)[0],
+            "torch": self.torch_version,
+            "torch_cuda": self.spec.torch_cuda,
+            "cpu_only": self.cpu_only,
+            "cuda_archs": self.archs,
+        }
+        return build_minkowski.record_misfit(record, wanted)
 
     def fitting_wheel(self) -> Path | None:
         """A MinkowskiEngine wheel in the wheelhouses or the cache whose build record fits (the build module
