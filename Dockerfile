@@ -91,7 +91,7 @@ RUN sh /tmp/docker/cuda_toolkit.sh && rm -rf /tmp/docker
 # during `docker build`: the module builds with --force_cuda for the archs given.
 COPY env/reference.toml /opt/rsna_phase0/env/reference.toml
 COPY rsna_phase0/__init__.py rsna_phase0/atomic.py /opt/rsna_phase0/rsna_phase0/
-COPY rsna_phase0/env/__init__.py rsna_phase0/env/spec.py /opt/rsna_phase0/rsna_phase0/env/
+COPY rsna_phase0/check_env/__init__.py rsna_phase0/check_env/spec.py /opt/rsna_phase0/rsna_phase0/check_env/
 COPY rsna_phase0/core /opt/rsna_phase0/rsna_phase0/core
 COPY installers /opt/rsna_phase0/installers
 ARG TORCH_CUDA_ARCH_LIST="6.0;7.0;7.5;8.0;8.6;8.9;9.0"

@@ -35,7 +35,7 @@ $(VENV)/.ready: pyproject.toml env/reference.toml installers/build_minkowski.py 
 	$(BIN)/pip install -q torch==$(DEV_TORCH) $(TORCH_INDEX)
 	# hold torch: a package that wants another torch must fail here, not silently replace it
 	echo "torch==$(DEV_TORCH)" > $(VENV)/constraints.txt
-	$(PYTHON) -m rsna_phase0.env.spec requirements --no-torch --dev > $(VENV)/requirements.txt
+	$(PYTHON) -m rsna_phase0.check_env.spec requirements --no-torch --dev > $(VENV)/requirements.txt
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -r $(VENV)/requirements.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/python installers/build_minkowski.py --cpu-only --cache $(ME_CACHE)

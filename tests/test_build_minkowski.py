@@ -27,7 +27,7 @@ from installers.minkowski import fixes as fx
 from installers.minkowski import source as ms
 from installers.minkowski import toolchain as mt
 from installers.minkowski import wheel as mw
-from rsna_phase0.env.spec import load_spec
+from rsna_phase0.check_env.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,13 +8,13 @@ import json
 import pytest
 
 from rsna_phase0.core.archs import arch_covers
-from rsna_phase0.env import check, parity, probes
-from rsna_phase0.env.check import EnvironmentMismatch, render_table, require_parity, run_check
-from rsna_phase0.env.parity import INFO, MISMATCH, OK, WARNING
-from rsna_phase0.env.report_rules import compare_with_report
-from rsna_phase0.env.spec import load_spec
+from rsna_phase0.check_env import check, facts, parity
+from rsna_phase0.check_env.check import EnvironmentMismatch, render_table, require_parity, run_check
+from rsna_phase0.check_env.parity import INFO, MISMATCH, OK, WARNING
+from rsna_phase0.check_env.report_rules import compare_with_report
+from rsna_phase0.check_env.spec import load_spec
 
-REFERENCE = load_spec(probes.HERE.parents[1] / "env" / "reference.toml")
+REFERENCE = load_spec(facts.HERE.parents[1] / "env" / "reference.toml")
 
 
 def cpu_spec_file(tmp_path, torch_version="2.13.0"):
@@ -62,8 +62,8 @@ def reference_probes(spec=REFERENCE, gpus=(("Tesla T4", "7.5"), ("Tesla T4", "7.
             "arch_list": [] if cpu else ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"],
             "gpus": gpu_list,
         },
-        "nvidia_smi": probes.failed("nvidia-smi not on PATH") if cpu else {"driver": "550.54.15", "gpus": []},
-        "nvcc": probes.failed("nvcc not found") if cpu else {"version": spec.cuda_toolkit, "full": "12.1.105"},
+        "nvidia_smi": facts.failed("nvidia-smi not on PATH") if cpu else {"driver": "550.54.15", "gpus": []},
+        "nvcc": facts.failed("nvcc not found") if cpu else {"version": spec.cuda_toolkit, "full": "12.1.105"},
         "minkowski": {
             "installed": True,
             "version": spec.minkowski.version,
@@ -181,7 +181,7 @@ def test_extension_built_against_another_torch_while_torch_matches_spec():
             "build_minkowski.py",
         ),
         (
-            lambda p: p["minkowski"].update(runtime=probes.failed("could not collect: timed out after 60 s")),
+            lambda p: p["minkowski"].update(runtime=facts.failed("could not collect: timed out after 60 s")),
             "MinkowskiEngine import",
             "build_minkowski.py",
         ),
@@ -204,7 +204,7 @@ def test_every_must_be_identical_field_is_a_mismatch_with_a_fix(change, field, f
         (lambda p: (p["python"].update(minor="3.11"), p["minkowski"]["build"].update(python="3.11")), "python"),
         (lambda p: p["nvidia_smi"].update(driver="470.82.01"), "NVIDIA driver"),
         (
-            lambda p: p.update(nvidia_smi=probes.failed("could not collect: nvidia-smi timed out after 10 s")),
+            lambda p: p.update(nvidia_smi=facts.failed("could not collect: nvidia-smi timed out after 10 s")),
             "NVIDIA driver",
         ),
         (lambda p: p["torch"]["gpus"][0].update(name="RTX 5090", capability="12.0"), "GPU 0"),
@@ -214,7 +214,7 @@ def test_every_must_be_identical_field_is_a_mismatch_with_a_fix(change, field, f
         (lambda p: p["minkowski"]["build"].update(nvcc="12.4"), "MinkowskiEngine nvcc"),
         (lambda p: p["minkowski"]["build"].update(blas="mkl"), "MinkowskiEngine BLAS"),
         (lambda p: p.update(nvcc={"version": "13.0", "full": "13.0.88"}), "nvcc"),
-        (lambda p: p.update(nvcc=probes.failed("nvcc not found")), "nvcc"),
+        (lambda p: p.update(nvcc=facts.failed("nvcc not found")), "nvcc"),
         (lambda p: p["dev_packages"].update(ruff="0.17.6"), "dev package ruff"),
         (lambda p: p["torch"].update(gpus=[], cuda_available=False), "CUDA GPU"),
     ],
@@ -326,7 +326,7 @@ def test_other_cpu_torch_without_a_gpu_is_told_where_the_reference_runs():
 
 def test_torch_not_importable_is_exit_code_2():
     probed = reference_probes()
-    probed["torch"] = probes.failed("import torch failed: ModuleNotFoundError: No module named 'torch'")
+    probed["torch"] = facts.failed("import torch failed: ModuleNotFoundError: No module named 'torch'")
     result = run_check(spec=REFERENCE, collected=probed)
     assert result.exit_code == 2
     assert "No module named 'torch'" in result.problem
@@ -402,14 +402,14 @@ def test_report_carries_rows_and_is_json():
 def test_require_parity_refuses_unless_allowed(monkeypatch):
     probed = reference_probes()
     probed["packages"]["numpy"] = "2.0.0"
-    monkeypatch.setattr(probes, "collect", lambda *a, **k: copy.deepcopy(probed))
+    monkeypatch.setattr(facts, "collect", lambda *a, **k: copy.deepcopy(probed))
     monkeypatch.setattr(check, "load_spec", lambda path=None: REFERENCE)
     with pytest.raises(EnvironmentMismatch, match="pip install numpy==1.26.4"):
         require_parity()
     logged = []
     assert require_parity(allow_mismatch=True, log=logged.append).exit_code == 1
     assert "numpy" in logged[0]
-    monkeypatch.setattr(probes, "collect", lambda *a, **k: dev_machine_probes())
+    monkeypatch.setattr(facts, "collect", lambda *a, **k: dev_machine_probes())
     with pytest.raises(EnvironmentMismatch, match="development stand-in"):
         require_parity()
     assert require_parity(allow_mismatch=True, log=logged.append).exit_code == 3

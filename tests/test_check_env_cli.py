@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from test_check_env import cpu_spec_file, reference_probes
 
-from rsna_phase0.env import probes
-from rsna_phase0.env.commands import check_env
-from rsna_phase0.env.spec import load_spec
+from rsna_phase0.check_env import facts
+from rsna_phase0.check_env.commands import check_env
+from rsna_phase0.check_env.spec import load_spec
 
 
 def check_env_cli(*args, env_extra=None):
@@ -70,7 +70,7 @@ def test_against_an_edited_report_shows_the_edited_field(written_report, tmp_pat
     done = check_env_cli("--against", str(other))
     assert done.returncode == 1, done.stdout + done.stderr
     line = next(ln for ln in done.stdout.splitlines() if ln.startswith("package numpy"))
-    assert line.split() == ["package", "numpy", "1.26.3", probes.installed_version("numpy"), "MISMATCH"]
+    assert line.split() == ["package", "numpy", "1.26.3", facts.installed_version("numpy"), "MISMATCH"]
     assert "pip install numpy==1.26.3" in done.stdout
     assert "kaggle-t4x2" in done.stdout
 
@@ -93,7 +93,7 @@ def test_torch_that_cannot_be_imported_exits_2(tmp_path):
 
 
 def test_cpu_stand_in_spec_gives_torch_parity_here(tmp_path):
-    spec_file = cpu_spec_file(tmp_path, torch_version=probes.installed_version("torch").split("+")[0])
+    spec_file = cpu_spec_file(tmp_path, torch_version=facts.installed_version("torch").split("+")[0])
     done = check_env_cli("--json", env_extra={"RSNA_PHASE0_SPEC": str(spec_file)})
     report = json.loads(done.stdout)
     rows = {r["field"]: r for r in report["parity"]["rows"]}
@@ -108,7 +108,7 @@ def test_strict_turns_warnings_into_failure(tmp_path, monkeypatch):
     spec = load_spec(cpu_spec_file(tmp_path))
     probed = reference_probes(spec)
     probed["dev_packages"]["ruff"] = "0.0.1"
-    monkeypatch.setattr(probes, "collect", lambda *a, **k: probed)
+    monkeypatch.setattr(facts, "collect", lambda *a, **k: probed)
     runner = CliRunner()
     lenient = runner.invoke(check_env, ["--spec", str(spec.path)])
     assert lenient.exit_code == 0, lenient.output

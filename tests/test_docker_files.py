@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rsna_phase0.env.spec import load_spec
+from rsna_phase0.check_env.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -86,7 +86,7 @@ def test_the_cuda_packages_are_the_versions_of_torchs_wheels():
 
 def test_the_image_and_check_env_share_one_driver_rule(tmp_path, monkeypatch):
     from rsna_phase0.container.build_args import spec_build_args
-    from rsna_phase0.env.spec_rules import gpu_rows
+    from rsna_phase0.check_env.spec_rules import gpu_rows
 
     text = (REPO / "env/reference.toml").read_text().replace('"12" = "525.60.13"', '"12" = "999.1.2"')
     (tmp_path / "spec.toml").write_text(text)
@@ -159,7 +159,7 @@ def test_the_build_context_leaves_out_data_runs_and_environments(tmp_path):
         "env/conda-linux-64.lock",
         "installers/build_minkowski.py",
         "rsna_phase0/__init__.py",
-        "rsna_phase0/env/spec.py",
+        "rsna_phase0/check_env/spec.py",
         "docker/entrypoint.sh",
         "docker/python_env.sh",
         "docker/cuda_toolkit.sh",
@@ -181,7 +181,7 @@ def test_the_build_context_leaves_out_data_runs_and_environments(tmp_path):
         "env/requirements.lock",
         "env/conda-linux-64.lock",
         "installers/build_minkowski.py",
-        "rsna_phase0/env/spec.py",
+        "rsna_phase0/check_env/spec.py",
         "docker/entrypoint.sh",
         "pyproject.toml",
     ):

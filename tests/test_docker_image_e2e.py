@@ -26,7 +26,7 @@ from docker_helpers import private_daemon, skip_reason
 
 from rsna_phase0.container import engine
 from rsna_phase0.container.engine import RunConfig
-from rsna_phase0.env.spec import load_spec
+from rsna_phase0.check_env.spec import load_spec
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

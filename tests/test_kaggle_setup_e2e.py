@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from rsna_phase0.core import requirements_lock as kaggle_lock
-from rsna_phase0.env.spec import load_spec, pip_requirements
+from rsna_phase0.check_env.spec import load_spec, pip_requirements
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALLERS = REPO / "installers"

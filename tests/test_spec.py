@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from rsna_phase0.env.spec import DEFAULT_SPEC_PATH, SPEC_ENV_VAR, SpecError, load_spec, spec_path
+from rsna_phase0.check_env.spec import DEFAULT_SPEC_PATH, SPEC_ENV_VAR, SpecError, load_spec, spec_path
 
 SPEC = load_spec(DEFAULT_SPEC_PATH)
 
@@ -43,7 +43,7 @@ def test_loader_needs_only_the_standard_library():
     code = (
         "import sys\n"
         "for name in ('torch', 'numpy', 'click'): sys.modules[name] = None\n"
-        "from rsna_phase0.env.spec import load_spec; s = load_spec(); assert s.packages['numpy']\n"
+        "from rsna_phase0.check_env.spec import load_spec; s = load_spec(); assert s.packages['numpy']\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

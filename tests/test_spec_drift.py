@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rsna_phase0.env.spec import DEFAULT_SPEC_PATH, REPO_ROOT, load_spec, pip_requirements
+from rsna_phase0.check_env.spec import DEFAULT_SPEC_PATH, REPO_ROOT, load_spec, pip_requirements
 
 SPEC = load_spec(DEFAULT_SPEC_PATH)
 NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -84,7 +84,7 @@ def test_conda_style_pins_are_read_apart_from_pip_pins():
 def test_spec_requirements_command_round_trips_the_spec():
     """`make setup` installs from this command's output, so it must carry every pin exactly."""
     done = subprocess.run(
-        [sys.executable, "-m", "rsna_phase0.env.spec", "requirements", "--dev"],
+        [sys.executable, "-m", "rsna_phase0.check_env.spec", "requirements", "--dev"],
         capture_output=True,
         text=True,
         check=True,

@@ -80,7 +80,7 @@ def test_missing_data_folder_stops_before_training(train_data, tmp_path):
 
 
 def test_environment_mismatch_stops_a_gpu_preset(train_data, tmp_path, monkeypatch):
-    from rsna_phase0.env.check import run_check
+    from rsna_phase0.check_env.check import run_check
 
     if run_check().exit_code == 0:
         pytest.skip("this machine is the reference environment: no mismatch to provoke")

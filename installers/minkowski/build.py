@@ -613,7 +613,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from rsna_phase0.env.spec import SpecError, load_spec
+    from rsna_phase0.check_env.spec import SpecError, load_spec
 
     try:
         spec = load_spec()

@@ -6,7 +6,7 @@ The Dockerfile's ARG defaults hold the same values (tests/test_docker_files.py c
 
 from __future__ import annotations
 
-from rsna_phase0.env.spec import Spec, SpecError
+from rsna_phase0.check_env.spec import Spec, SpecError
 
 
 def spec_build_args(spec: Spec) -> dict[str, str]:

@@ -64,7 +64,7 @@ def build(tag, context, archs, cuda_base, max_jobs, me_source, network, extra_ar
     """Build the image from the Dockerfile, with the versions of env/reference.toml; logs are streamed."""
     from rsna_phase0.container import engine
     from rsna_phase0.container.build_args import parse_build_args, spec_build_args
-    from rsna_phase0.env.spec import load_spec
+    from rsna_phase0.check_env.spec import load_spec
 
     build_args = {**spec_build_args(load_spec()), "ME_SOURCE": me_source}
     if archs:

@@ -1,5 +1,5 @@
 """Looking at this machine without importing anything heavy: commands with a timeout, nvcc, usable cores, the
-MinkowskiEngine build record. check-env (rsna_phase0/env/probes.py) and both installers use these.
+MinkowskiEngine build record. check-env (rsna_phase0/check_env/facts.py) and both installers use these.
 
 Standard library only: the installers run them before torch exists.
 """
@@ -83,13 +83,19 @@ def find_nvcc() -> str | None:
     return next((str(c) for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
 
 
+def parse_nvcc_version(stdout: str) -> tuple[str, str] | None:
+    """('12.1', '12.1.105') from the text of `nvcc --version`; None when it does not say."""
+    match = re.search(r"release (\d+\.\d+), V([\d.]+)", stdout)
+    return (match.group(1), match.group(2)) if match else None
+
+
 def nvcc_release(nvcc: str | None, timeout: float = 30) -> str | None:
     """'12.4' from `nvcc --version`; None when there is no nvcc or it does not answer."""
     if not nvcc:
         return None
     result = run_command([nvcc, "--version"], timeout=timeout)
-    match = re.search(r"release (\d+\.\d+)", result.stdout) if result.ok else None
-    return match.group(1) if match else None
+    parsed = parse_nvcc_version(result.stdout) if result.ok else None
+    return parsed[0] if parsed else None
 
 
 def usable_cores() -> int:

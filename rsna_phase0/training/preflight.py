@@ -70,8 +70,8 @@ def resolve_device(requested: str, preset_name: str, local_rank: int = 0) -> tor
 
 def check_environment(report: PreflightReport, *, must_match: bool, allow_mismatch: bool) -> None:
     """check-env's verdict; a mismatch stops GPU runs unless --allow-env-mismatch (the CPU smoke run only reports)."""
-    from rsna_phase0.env.check import run_check
-    from rsna_phase0.env.parity import MISMATCH, STAND_IN
+    from rsna_phase0.check_env.check import run_check
+    from rsna_phase0.check_env.parity import MISMATCH, STAND_IN
 
     result = run_check()
     report.env_report = result.report

@@ -24,6 +24,7 @@ from rsna_phase0.core.probes import (
     describe_exit,
     find_nvcc,
     parse_build_record,
+    parse_nvcc_version,
     run_command,
 )
 
@@ -138,11 +139,11 @@ def probe_nvidia_smi(timeout: float = COMMAND_TIMEOUT) -> dict:
     return parse_nvidia_smi(result.stdout)
 
 
-def parse_nvcc_version(stdout: str) -> dict:
-    match = re.search(r"release (\d+\.\d+), V([\d.]+)", stdout)
-    if not match:
+def nvcc_facts(stdout: str) -> dict:
+    parsed = parse_nvcc_version(stdout)
+    if parsed is None:
         return failed(f"{COULD_NOT_COLLECT}: unexpected nvcc --version output {stdout.strip()[-200:]!r}")
-    return {"version": match.group(1), "full": match.group(2)}
+    return {"version": parsed[0], "full": parsed[1]}
 
 
 def probe_nvcc(timeout: float = COMMAND_TIMEOUT) -> dict:
@@ -154,7 +155,7 @@ def probe_nvcc(timeout: float = COMMAND_TIMEOUT) -> dict:
         return failed(f"{COULD_NOT_COLLECT}: {result.error}")
     if result.returncode != 0:
         return failed(f"{COULD_NOT_COLLECT}: {exe} --version {describe_exit(result.returncode)}")
-    facts = parse_nvcc_version(result.stdout)
+    facts = nvcc_facts(result.stdout)
     return facts if is_failed(facts) else {**facts, "path": exe}
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from rsna_phase0.env import parity, probes, report_rules, spec_rules
-from rsna_phase0.env.parity import EXIT_MISMATCH, EXIT_STAND_IN, MISMATCH, STAND_IN, WARNING, ParityResult, Row
-from rsna_phase0.env.report import load_report, make_report
-from rsna_phase0.env.spec import Spec, load_spec
+from rsna_phase0.check_env import facts, parity, report_rules, spec_rules
+from rsna_phase0.check_env.parity import EXIT_MISMATCH, EXIT_STAND_IN, MISMATCH, STAND_IN, WARNING, ParityResult, Row
+from rsna_phase0.check_env.report import load_report, make_report
+from rsna_phase0.check_env.spec import Spec, load_spec
 
 
 class EnvironmentMismatch(RuntimeError):
@@ -44,13 +44,13 @@ def run_check(
         n for n in (other or {}).get("probes", {}).get("packages", {}) if n not in spec.packages
     ]
     if collected is None:
-        collected = probes.collect(names, list(spec.dev_packages))
+        collected = facts.collect(names, list(spec.dev_packages))
     if other is None:
         rows = spec_rules.compare_with_spec(collected, spec)
     else:
         rows = report_rules.compare_with_report(collected, other["probes"])
     problem = None
-    if probes.is_failed(collected.get("torch", {})):
+    if facts.is_failed(collected.get("torch", {})):
         problem = f"torch could not be probed: {collected['torch']['error']} (install it: {parity.torch_fix(spec)})"
     label = None
     if other is not None:

@@ -143,10 +143,10 @@ def pip_requirements(spec: Spec, *, include_torch: bool = True, include_dev: boo
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m rsna_phase0.env.spec requirements [--no-torch] [--dev]`: print pins for pip (used by make/CI)."""
+    """`python -m rsna_phase0.check_env.spec requirements [--no-torch] [--dev]`: print pins for pip (used by make/CI)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m rsna_phase0.env.spec")
+    parser = argparse.ArgumentParser(prog="python -m rsna_phase0.check_env.spec")
     parser.add_argument("what", choices=["requirements", "path"])
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--dev", action="store_true")

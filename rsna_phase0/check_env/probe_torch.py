@@ -1,6 +1,6 @@
 """Subprocess worker: torch and GPU facts, printed as one JSON line prefixed with `RSNA_PROBE `.
 
-Run as a script by probes.py (never imported), so that a missing torch, a hung driver or a crash in CUDA
+Run as a script by facts.py (never imported), so that a missing torch, a hung driver or a crash in CUDA
 initialisation costs a timeout in a child process instead of hanging or killing check-env.
 """
 

@@ -14,7 +14,7 @@ import dataclasses
 
 from rsna_phase0.core.archs import arch_covers, parse_archs
 from rsna_phase0.core.versions import public_version, version_tuple
-from rsna_phase0.env.parity import (
+from rsna_phase0.check_env.parity import (
     BUILD_MINKOWSKI,
     CPU,
     INFO,
@@ -32,8 +32,8 @@ from rsna_phase0.env.parity import (
     torch_cuda_of,
     torch_fix,
 )
-from rsna_phase0.env.probes import is_failed
-from rsna_phase0.env.spec import Spec
+from rsna_phase0.check_env.facts import is_failed
+from rsna_phase0.check_env.spec import Spec
 
 
 def python_rows(probes: dict, spec: Spec) -> list[Row]:

@@ -15,8 +15,8 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-from rsna_phase0.env.probes import COULD_NOT_COLLECT, is_failed
-from rsna_phase0.env.spec import Spec
+from rsna_phase0.check_env.facts import COULD_NOT_COLLECT, is_failed
+from rsna_phase0.check_env.spec import Spec
 
 OK, MISMATCH, WARNING, INFO = "ok", "MISMATCH", "warning", "info"
 STAND_IN = "dev stand-in"

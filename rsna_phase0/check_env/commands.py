@@ -1,4 +1,4 @@
-"""`rsna-phase0 check-env`: a thin CLI over rsna_phase0.env.check (no torch import here; probes use subprocesses)."""
+"""`rsna-phase0 check-env`: a thin CLI over rsna_phase0.check_env.check (no torch import here; probes use subprocesses)."""
 
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ def check_env(
 
     Exit codes: 0 parity, 1 mismatch (or warnings with --strict), 2 could not probe.
     """
-    from rsna_phase0.env.check import render_table, run_check
-    from rsna_phase0.env.report import save_report
-    from rsna_phase0.env.spec import SpecError
+    from rsna_phase0.check_env.check import render_table, run_check
+    from rsna_phase0.check_env.report import save_report
+    from rsna_phase0.check_env.spec import SpecError
 
     if write_report:  # checked before probing: an unwritable path must not cost the probes and then a traceback
-        from rsna_phase0.env.report import report_target_problem
+        from rsna_phase0.check_env.report import report_target_problem
 
         problem = report_target_problem(write_report)
         if problem:

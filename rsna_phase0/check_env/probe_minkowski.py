@@ -1,6 +1,6 @@
 """Subprocess worker: does MinkowskiEngine import, and does a tiny sparse convolution give the right numbers?
 
-Run as a script by probes.py (never imported): a MinkowskiEngine compiled against another torch can fail to
+Run as a script by facts.py (never imported): a MinkowskiEngine compiled against another torch can fail to
 import, segfault or hang. Each step prints its own `RSNA_PROBE ` JSON line as soon as it finishes, so a crash in
 a later step (say on the GPU) keeps the earlier results (say the CPU one).
 """
