@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rsna_phase0.atomic import write_text_atomic  # run by `make lock` in .venv, which has the package
+from rsna_phase0.check_env.spec import Spec, load_spec
 from rsna_phase0.core.requirements_lock import LockError, format_lock, parse_lock
 from rsna_phase0.core.versions import canonical_name
-from rsna_phase0.check_env.spec import Spec, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 # conda-lock 2.5's vendored poetry replaces subprocess.run process-wide with a version without capture_output:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import click
 
+from rsna_phase0.check_env.commands import check_env
 from rsna_phase0.container.commands import docker
 from rsna_phase0.data.commands import data
-from rsna_phase0.check_env.commands import check_env
 from rsna_phase0.evaluation.commands import evaluate
 from rsna_phase0.models.commands import model_info
 from rsna_phase0.training.commands import export_encoder, train

@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from rsna_phase0.core.archs import arch_covers
 from rsna_phase0.check_env import check, facts, parity
 from rsna_phase0.check_env.check import EnvironmentMismatch, render_table, require_parity, run_check
 from rsna_phase0.check_env.parity import INFO, MISMATCH, OK, WARNING
 from rsna_phase0.check_env.report_rules import compare_with_report
 from rsna_phase0.check_env.spec import load_spec
+from rsna_phase0.core.archs import arch_covers
 
 REFERENCE = load_spec(facts.HERE.parents[1] / "env" / "reference.toml")
 

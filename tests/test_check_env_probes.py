@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
-from rsna_phase0.core import probes as core_probes
 from rsna_phase0.check_env import facts as machine_facts
 from rsna_phase0.check_env.facts import COULD_NOT_COLLECT
+from rsna_phase0.core import probes as core_probes
 
 
 def fake_executable(folder, name, body):
@@ -167,7 +167,7 @@ def test_build_record_is_read_from_the_installed_dist_info(tmp_path, monkeypatch
     dist_info.mkdir()
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: MinkowskiEngine\nVersion: 0.5.4\n")
     record = {"schema": 1, "torch": "2.4.0+cu121", "source": {"kind": "git", "id": "829bf19"}}
-    (dist_info / facts.BUILD_RECORD).write_text(json.dumps(record))
+    (dist_info / machine_facts.BUILD_RECORD).write_text(json.dumps(record))
     monkeypatch.syspath_prepend(str(tmp_path))
     facts = machine_facts.probe_minkowski_install()
     assert facts == {"installed": True, "version": "0.5.4", "build": record}

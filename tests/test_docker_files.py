@@ -85,8 +85,8 @@ def test_the_cuda_packages_are_the_versions_of_torchs_wheels():
 
 
 def test_the_image_and_check_env_share_one_driver_rule(tmp_path, monkeypatch):
-    from rsna_phase0.container.build_args import spec_build_args
     from rsna_phase0.check_env.spec_rules import gpu_rows
+    from rsna_phase0.container.build_args import spec_build_args
 
     text = (REPO / "env/reference.toml").read_text().replace('"12" = "525.60.13"', '"12" = "999.1.2"')
     (tmp_path / "spec.toml").write_text(text)

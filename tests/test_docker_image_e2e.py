@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from docker_helpers import private_daemon, skip_reason
 
+from rsna_phase0.check_env.spec import load_spec
 from rsna_phase0.container import engine
 from rsna_phase0.container.engine import RunConfig
-from rsna_phase0.check_env.spec import load_spec
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

@@ -17,10 +17,10 @@ import pytest
 from installers.kaggle import pip as kaggle_pip
 from installers.kaggle import toolchain as kaggle_toolchain
 from rsna_phase0.atomic import sha256_file
+from rsna_phase0.check_env.spec import load_spec
 from rsna_phase0.core import probes as core_probes
 from rsna_phase0.core import requirements_lock as kaggle_lock
 from rsna_phase0.core.versions import canonical_name
-from rsna_phase0.check_env.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALLERS = REPO / "installers"

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from rsna_phase0.core import requirements_lock as kaggle_lock
 from rsna_phase0.check_env.spec import load_spec, pip_requirements
+from rsna_phase0.core import requirements_lock as kaggle_lock
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALLERS = REPO / "installers"

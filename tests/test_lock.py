@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rsna_phase0.core.requirements_lock import parse_lock
 from rsna_phase0.check_env.spec import load_spec
+from rsna_phase0.core.requirements_lock import parse_lock
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK_SCRIPT = REPO / "env" / "lock.py"

@@ -110,8 +110,10 @@ def test_pyproject_dependencies_cover_the_spec_and_pin_nothing():
 
 def test_makefile_installs_the_pins_from_the_spec():
     makefile = (REPO_ROOT / "Makefile").read_text()
-    assert re.search(r"-m rsna_phase0\.env\.spec requirements\b.*> *(\S+)", makefile), "make setup must read the spec"
-    installed_from = re.search(r"-m rsna_phase0\.env\.spec requirements\b.*> *(\S+)", makefile).group(1)
+    assert re.search(
+        r"-m rsna_phase0\.check_env\.spec requirements\b.*> *(\S+)", makefile
+    ), "make setup must read the spec"
+    installed_from = re.search(r"-m rsna_phase0\.check_env\.spec requirements\b.*> *(\S+)", makefile).group(1)
     assert re.search(
         rf"pip install -q (-c \S+ )?-r {re.escape(installed_from)}", makefile
     ), "make setup must install them"

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from installers.kaggle import pip as kaggle_pip
 from rsna_phase0.atomic import write_text_atomic
+from rsna_phase0.check_env.spec import load_spec
 from rsna_phase0.core import requirements_lock as kaggle_lock
 from rsna_phase0.core.versions import canonical_name, public_version
-from rsna_phase0.check_env.spec import load_spec
 
 _TORCH_FACTS = (
     "import json, sys, torch; print(json.dumps({'python': '%d.%d' % sys.version_info[:2], 'torch': torch.__version__,"

@@ -46,8 +46,8 @@ from installers.minkowski import build as build_minkowski
 from installers.minkowski.source import fetch_sdist
 from installers.minkowski.wheel import read_build_record
 from rsna_phase0.atomic import write_text_atomic
-from rsna_phase0.core import requirements_lock as kaggle_lock
 from rsna_phase0.check_env.spec import SPEC_ENV_VAR, SpecError, load_spec
+from rsna_phase0.core import requirements_lock as kaggle_lock
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout: the lock, the project to install
 

@@ -12,7 +12,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor

@@ -7,7 +7,7 @@ against the running torch, and running) is checked too.
 
 from __future__ import annotations
 
-from rsna_phase0.core.versions import public_version
+from rsna_phase0.check_env.facts import COULD_NOT_COLLECT, is_failed
 from rsna_phase0.check_env.parity import (
     BUILD_MINKOWSKI,
     CPU,
@@ -22,8 +22,8 @@ from rsna_phase0.check_env.parity import (
     source_text,
     torch_cuda_of,
 )
-from rsna_phase0.check_env.facts import COULD_NOT_COLLECT, is_failed
 from rsna_phase0.check_env.spec_rules import minkowski_self_rows
+from rsna_phase0.core.versions import public_version
 
 # Severity of a difference between two machines, by field (prefixes for the per-item fields).
 MUST_FIELDS = (

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from rsna_phase0.core.archs import arch_covers, parse_archs
-from rsna_phase0.core.versions import public_version, version_tuple
+from rsna_phase0.check_env.facts import is_failed
 from rsna_phase0.check_env.parity import (
     BUILD_MINKOWSKI,
     CPU,
@@ -32,8 +31,9 @@ from rsna_phase0.check_env.parity import (
     torch_cuda_of,
     torch_fix,
 )
-from rsna_phase0.check_env.facts import is_failed
 from rsna_phase0.check_env.spec import Spec
+from rsna_phase0.core.archs import arch_covers, parse_archs
+from rsna_phase0.core.versions import public_version, version_tuple
 
 
 def python_rows(probes: dict, spec: Spec) -> list[Row]:

@@ -62,9 +62,9 @@ def docker() -> None:
 @click.option("--build-arg", "extra_args", multiple=True, metavar="KEY=VALUE", help="Any other Dockerfile ARG.")
 def build(tag, context, archs, cuda_base, max_jobs, me_source, network, extra_args):
     """Build the image from the Dockerfile, with the versions of env/reference.toml; logs are streamed."""
+    from rsna_phase0.check_env.spec import load_spec
     from rsna_phase0.container import engine
     from rsna_phase0.container.build_args import parse_build_args, spec_build_args
-    from rsna_phase0.check_env.spec import load_spec
 
     build_args = {**spec_build_args(load_spec()), "ME_SOURCE": me_source}
     if archs:
