@@ -311,3 +311,82 @@ def test_speedups_are_set_from_the_command_line_and_may_change_on_resume():
     assert resume_conflicts(before, after) == []
     old_checkpoint = {**before, "preset": {k: v for k, v in before["preset"].items() if k != "speedups"}}
     assert resume_conflicts(old_checkpoint, after) == []  # saved before the field existed
+
+
+def test_deconv_as_matmul_equals_the_transposed_convolution_forward_and_backward():
+    from rsna_phase0.models.decoder import UpConv
+
+    torch.manual_seed(0)
+    reference, matmul = UpConv(6, 5).double(), UpConv(6, 5, as_matmul=True).double()
+    matmul.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 6, 4, 5, 3, dtype=torch.float64)  # uneven sides: any axis mix-up shows
+    x_ref, x_mm = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_ref, out_mm = reference(x_ref), matmul(x_mm)
+    assert out_mm.shape == out_ref.shape == (3, 5, 8, 10, 6) and out_mm.is_contiguous()
+    torch.testing.assert_close(out_mm, out_ref, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(out_ref)
+    (out_ref * weights).sum().backward()
+    (out_mm * weights).sum().backward()
+    torch.testing.assert_close(x_mm.grad, x_ref.grad, rtol=1e-12, atol=1e-12)
+    for (name, p_ref), p_mm in zip(reference.named_parameters(), matmul.parameters(), strict=True):
+        torch.testing.assert_close(p_mm.grad, p_ref.grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_amp_dtype_group_norm_keeps_the_function_and_the_half_dtype():
+    from rsna_phase0.models.decoder import InstanceGroupNorm
+
+    torch.manual_seed(0)
+    reference, amp_norm = InstanceGroupNorm(8), InstanceGroupNorm(8, in_amp_dtype=True)
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+        reference.bias.uniform_(-0.5, 0.5)
+    amp_norm.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 8, 6, 6, 6) * 3 + 1
+    assert torch.equal(amp_norm(x), reference(x))  # float32 outside autocast: the very same call
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_amp = amp_norm(x.bfloat16())
+    assert out_amp.dtype == torch.bfloat16
+    torch.testing.assert_close(out_amp.float(), reference(x), rtol=0.02, atol=0.03)
+
+
+def test_decoder_speedups_keep_the_pretrainers_losses_and_gradients():
+    preset = tiny_preset(n_local=2)
+    batch = synthetic_batch(preset, 2, modality="mri", seed=4)
+    results = []
+    for extra in ((), ("amp_dtype_group_norm", "deconv_as_matmul")):
+        torch.manual_seed(0)
+        model = Pretrainer(preset.with_overrides(speedups=preset.speedups + extra))
+        out = model(batch)
+        out["loss"].backward()
+        results.append((out, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (out_a, grads_a), (out_b, grads_b) = results
+    for term in ("loss", "recon_global", "recon_local", "align"):
+        torch.testing.assert_close(out_b[term], out_a[term], rtol=1e-5, atol=1e-6, msg=term)
+    assert grads_a.keys() == grads_b.keys()
+    scale = max(float(g.abs().max()) for g in grads_a.values())
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=1e-3, atol=1e-5 * scale, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_cuda_decoder_speedups_match_under_autocast(dtype):
+    from rsna_phase0.models.decoder import UpBlock
+
+    torch.manual_seed(0)
+    reference = UpBlock(64, 32).cuda()
+    fast = UpBlock(64, 32, ("amp_dtype_group_norm", "deconv_as_matmul")).cuda()
+    fast.load_state_dict(reference.state_dict())
+    x = torch.randn(4, 64, 16, 16, 16, device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        out_ref, out_fast = reference(x), fast(x)
+        # what the speed-up saves: CUDA autocast runs GroupNorm in float32 and hands on a float32 map
+        assert reference.body[0](x.to(dtype)).dtype == torch.float32
+    assert out_fast.dtype == dtype
+    torch.testing.assert_close(out_fast.float(), out_ref.float(), rtol=0.03, atol=0.03)
+    weights = torch.randn_like(out_ref.float())
+    (out_ref.float() * weights).sum().backward()
+    (out_fast.float() * weights).sum().backward()
+    for (name, p_ref), p_fast in zip(reference.named_parameters(), fast.parameters(), strict=True):
+        scale = float(p_ref.grad.abs().max())
+        torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=0.05, atol=0.02 * scale, msg=name)

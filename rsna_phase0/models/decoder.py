@@ -14,8 +14,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from rsna_phase0.models.speedups import AMP_DTYPE_GROUP_NORM, DECONV_AS_MATMUL
 from rsna_phase0.models.waveformer import ChannelLayerNorm
 from rsna_phase0.presets import Preset
 
@@ -42,15 +44,53 @@ class Densify(nn.Module):
         return self.proj(filled)
 
 
+class InstanceGroupNorm(nn.GroupNorm):
+    """GroupNorm(C, C): per sample and channel. With `amp_dtype_group_norm` a half-precision map is normalised in
+    its own dtype (the kernel still accumulates its statistics in float32) instead of in autocast's float32 copy,
+    so the GELU after it and the next convolution read half the bytes and nothing is cast back."""
+
+    def __init__(self, channels: int, in_amp_dtype: bool = False) -> None:
+        super().__init__(channels, channels)
+        self.in_amp_dtype = in_amp_dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.in_amp_dtype or x.dtype not in (torch.float16, torch.bfloat16):
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+
+
+class UpConv(nn.ConvTranspose3d):
+    """Transposed convolution, kernel 2 stride 2: each voxel becomes a 2^3 block, a linear map of its channels.
+    With `deconv_as_matmul` that map runs as one batched GEMM (weight (C_in, C_out * 8) over each sample's
+    (C_in, D*H*W) map) and a copy that interleaves the blocks, in place of cuDNN's transposed convolution."""
+
+    def __init__(self, in_dim: int, out_dim: int, as_matmul: bool = False) -> None:
+        super().__init__(in_dim, out_dim, kernel_size=2, stride=2)
+        self.as_matmul = as_matmul
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.as_matmul:
+            return super().forward(x)
+        b, c, d, h, w = x.shape
+        o = self.out_channels
+        weight = self.weight.reshape(c, o * 8).t()  # (C_out * 8, C_in), rows ordered (o, i, j, k)
+        bias = self.bias.repeat_interleave(8).view(1, o * 8, 1)
+        blocks = torch.baddbmm(bias, weight.expand(b, -1, -1), x.reshape(b, c, d * h * w))
+        blocks = blocks.view(b, o, 2, 2, 2, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        return blocks.reshape(b, o, 2 * d, 2 * h, 2 * w)
+
+
 class UpBlock(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, speedups: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self.up = nn.ConvTranspose3d(in_dim, out_dim, kernel_size=2, stride=2)
+        amp_norm = AMP_DTYPE_GROUP_NORM in speedups
+        self.up = UpConv(in_dim, out_dim, as_matmul=DECONV_AS_MATMUL in speedups)
         self.body = nn.Sequential(
-            nn.GroupNorm(out_dim, out_dim),
+            InstanceGroupNorm(out_dim, amp_norm),
             nn.GELU(),
             nn.Conv3d(out_dim, out_dim, kernel_size=3, padding=1, bias=False),
-            nn.GroupNorm(out_dim, out_dim),
+            InstanceGroupNorm(out_dim, amp_norm),
             nn.GELU(),
         )
 
@@ -71,7 +111,7 @@ class SparkDecoder(nn.Module):
         n = len(dims)
         # densify[j] serves the encoder map at stride patch_size / 2^j (j = 0 is the coarsest)
         self.densify = nn.ModuleList(Densify(dims[n - 1 - j], widths[j]) for j in range(n))
-        self.up_blocks = nn.ModuleList(UpBlock(widths[j], widths[j + 1]) for j in range(n))
+        self.up_blocks = nn.ModuleList(UpBlock(widths[j], widths[j + 1], preset.speedups) for j in range(n))
         self.heads = nn.ModuleDict(
             {
                 name: nn.Conv3d(widths[-1], channels, kernel_size=1)

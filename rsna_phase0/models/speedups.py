@@ -32,6 +32,13 @@ checkpoints and exports do not depend on the choice.
   map never joins two samples; but a convolution's GEMMs round by the total number of active voxels, so a level's
   features then depend on the other level's content in their last bits, which tests/test_model_leakage.py forbids
   for the default.
+- `amp_dtype_group_norm` (not on by default until measured): the decoder's GroupNorm (one group per channel)
+  normalises a half-precision map in its own dtype, its statistics still accumulated in float32 by the kernel;
+  CUDA autocast would run it on a float32 copy and hand a float32 map to the GELU and the next convolution
+  (which casts it back): at stride 1 that is 20 views x 32 channels x 64^3 voxels, several times over.
+- `deconv_as_matmul` (not on by default until measured): the decoder's transposed convolutions (kernel 2,
+  stride 2: each voxel becomes a 2^3 block, a linear map of its channels) as one batched GEMM and a copy that
+  interleaves the blocks, in place of cuDNN's transposed-convolution kernels. The same function up to rounding.
 
 Measured and left out: a channels-last decoder (weights and maps in channels_last_3d, which removes cuDNN's
 nchwToNhwc transposes) made the kaggle step slower on an H200 (81 against 74 ms at batch 4, bf16): GroupNorm and
@@ -50,3 +57,5 @@ PATCH_SPACE_LOSS = "patch_space_loss"
 INDEX_SELECT_NORM = "index_select_norm"
 COMPILE_DENSE = "compile_dense"
 ONE_SPARSE_PASS = "one_sparse_pass"
+AMP_DTYPE_GROUP_NORM = "amp_dtype_group_norm"
+DECONV_AS_MATMUL = "deconv_as_matmul"
