@@ -33,6 +33,22 @@ def _stages(levels: int, speedups_a, speedups_b, dim: int = 32):
     return a, b
 
 
+def _same_forward_and_backward(reference, other, x, *args, tol):
+    """Both modules on copies of x: equal outputs, input gradients and parameter gradients to `tol`; returns the
+    reference's output."""
+    x_ref, x_other = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_ref, out_other = reference(x_ref, *args), other(x_other, *args)
+    assert out_other.shape == out_ref.shape
+    torch.testing.assert_close(out_other, out_ref, rtol=tol, atol=tol)
+    weights = torch.randn_like(out_ref)
+    (out_ref * weights).sum().backward()
+    (out_other * weights).sum().backward()
+    torch.testing.assert_close(x_other.grad, x_ref.grad, rtol=tol * 10, atol=tol)
+    for (name, p_ref), p_other in zip(reference.named_parameters(), other.parameters(), strict=True):
+        torch.testing.assert_close(p_other.grad, p_ref.grad, rtol=tol * 10, atol=tol, msg=name)
+    return out_ref
+
+
 @pytest.mark.parametrize("levels", [0, 1, 2])
 @pytest.mark.parametrize("masked", [True, False], ids=["masked", "all-visible"])
 def test_token_layout_stage_equals_the_ptwt_stage_forward_and_backward(levels, masked):
@@ -41,18 +57,9 @@ def test_token_layout_stage_equals_the_ptwt_stage_forward_and_backward(levels, m
     visible = None
     if masked:
         visible = visible_weight(mask_at_stride(patch_masks(3, 2, 0.6, seed=levels), 8, 2)).double()
-    x_ref = x.clone().requires_grad_(True)
-    x_tok = x.clone().requires_grad_(True)
-    out_ref, out_tok = reference(x_ref, visible), tokens(x_tok, visible)
-    assert out_tok.shape == out_ref.shape == (3, 32, 8, 8, 8)
-    torch.testing.assert_close(out_tok, out_ref, rtol=1e-10, atol=1e-10)
+    out_ref = _same_forward_and_backward(reference, tokens, x, visible, tol=1e-10)
+    assert out_ref.shape == (3, 32, 8, 8, 8)
     assert out_ref.abs().max() > 0.1
-    weights = torch.randn_like(out_ref)
-    (out_ref * weights).sum().backward()
-    (out_tok * weights).sum().backward()
-    torch.testing.assert_close(x_tok.grad, x_ref.grad, rtol=1e-9, atol=1e-10)
-    for (name, p_ref), p_tok in zip(reference.named_parameters(), tokens.parameters(), strict=True):
-        torch.testing.assert_close(p_tok.grad, p_ref.grad, rtol=1e-9, atol=1e-10, msg=name)
 
 
 @pytest.mark.parametrize("levels", [1, 2])
@@ -320,16 +327,8 @@ def test_deconv_as_matmul_equals_the_transposed_convolution_forward_and_backward
     reference, matmul = UpConv(6, 5).double(), UpConv(6, 5, as_matmul=True).double()
     matmul.load_state_dict(reference.state_dict())
     x = torch.randn(3, 6, 4, 5, 3, dtype=torch.float64)  # uneven sides: any axis mix-up shows
-    x_ref, x_mm = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    out_ref, out_mm = reference(x_ref), matmul(x_mm)
-    assert out_mm.shape == out_ref.shape == (3, 5, 8, 10, 6) and out_mm.is_contiguous()
-    torch.testing.assert_close(out_mm, out_ref, rtol=1e-12, atol=1e-12)
-    weights = torch.randn_like(out_ref)
-    (out_ref * weights).sum().backward()
-    (out_mm * weights).sum().backward()
-    torch.testing.assert_close(x_mm.grad, x_ref.grad, rtol=1e-12, atol=1e-12)
-    for (name, p_ref), p_mm in zip(reference.named_parameters(), matmul.parameters(), strict=True):
-        torch.testing.assert_close(p_mm.grad, p_ref.grad, rtol=1e-12, atol=1e-12, msg=name)
+    out_ref = _same_forward_and_backward(reference, matmul, x, tol=1e-12)
+    assert out_ref.shape == (3, 5, 8, 10, 6) and matmul(x).is_contiguous()
 
 
 def test_amp_dtype_group_norm_keeps_the_function_and_the_half_dtype():
