@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Turn a fresh Kaggle notebook into the reference environment and prove it: `python installers/kaggle_setup.py
---help`. Standard library only; the work is in installers/kaggle/ (setup.py)."""
+--help`. Standard library only; the work is in installers/kaggle/ (setup.py, steps.py)."""
 
 import sys
 from pathlib import Path

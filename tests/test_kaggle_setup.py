@@ -389,14 +389,14 @@ def test_an_index_that_answers_with_a_certificate_problem_is_not_called_offline(
     import urllib.error
     import urllib.request
 
-    from installers.kaggle import setup as kaggle_setup
+    from installers.kaggle import steps as kaggle_steps
 
     def refuse(*args, **kwargs):
         raise urllib.error.URLError(ssl.SSLCertVerificationError(1, "self-signed certificate in certificate chain"))
 
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    assert kaggle_setup.index_unreachable("https://pypi.org/simple") == ""
-    assert "does not exist" in kaggle_setup.index_unreachable("file:///nonexistent/simple")
+    assert kaggle_steps.index_unreachable("https://pypi.org/simple") == ""
+    assert "does not exist" in kaggle_steps.index_unreachable("file:///nonexistent/simple")
 
 
 def test_environment_sees_the_notebooks_packages_only_when_asked(tmp_path):

@@ -25,25 +25,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
-import ssl
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from installers.kaggle import pip as kaggle_pip
+from installers.kaggle import steps as kaggle_steps
 from installers.kaggle import toolchain as kaggle_toolchain
 from installers.kaggle import venv as kaggle_venv
 from installers.kaggle import wheelhouse as kaggle_wheelhouse
 from installers.kaggle.state import State, setup_key
+from installers.kaggle.steps import SetupError, Step
 from installers.minkowski import build as build_minkowski
-from installers.minkowski.source import fetch_sdist
 from installers.minkowski.wheel import read_build_record
 from rsna_phase0.atomic import write_text_atomic
 from rsna_phase0.check_env.spec import SPEC_ENV_VAR, SpecError, load_spec
@@ -55,18 +49,7 @@ INSTALLER_REVISION = 2  # part of the stamp key: bump when what a step does chan
 DEFAULT_LOCK = REPO / "env" / "requirements.lock"
 DEFAULT_ME_CACHE = Path.home() / ".cache" / "rsna_phase0" / "wheels"
 REPORT_NAME = "rsna_phase0_environment.json"
-# `rsna-phase0 check-env ...` through the target interpreter, whatever folder its console scripts went to.
-CHECK_ENV = "import sys; from rsna_phase0.cli import main; sys.exit(main())"
-DEFAULT_INDEX = "https://pypi.org/simple"
 WHEELHOUSE_ARCHS = "6.0;7.5"  # P100 and T4: the GPUs a Kaggle notebook gets
-# Build cost in core-seconds, calibrated on measured builds: CPU-only 7 min 10 s on 2 busy cores (issue 16); CUDA
-# 12.4 for sm_75 against torch 2.4.0, MAX_JOBS=2 on 2 shared cores: 1229 s (benchmarks/cuda12_minkowski_build.sh).
-# Each further arch compiles the device code again: 6.0;7.5 took 2112 s there (x1.72, the cores busier).
-BUILD_CORE_SECONDS_CPU, BUILD_CORE_SECONDS_CUDA, EXTRA_ARCH_FACTOR = 860, 2460, 0.7
-
-
-class SetupError(RuntimeError):
-    """The setup cannot go on; the message says what and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -130,15 +113,6 @@ def detect_layout(kaggle_root: str | None, environ=os.environ) -> Layout:
 
 
 @dataclass
-class Step:
-    name: str
-    todo: bool  # False: already as wanted
-    detail: str
-    seconds: float = 0.0
-    blocked: str = ""  # why it cannot run here, with the fix
-
-
-@dataclass
 class Plan:
     steps: list[Step] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -149,31 +123,6 @@ class Plan:
     @property
     def seconds(self) -> float:
         return sum(s.seconds for s in self.steps if s.todo)
-
-
-def estimate_build_seconds(cpu_only: bool, archs: str | None, jobs: int) -> float:
-    n_archs = len([a for a in (archs or "").split(";") if a]) or 1
-    core_seconds = (
-        BUILD_CORE_SECONDS_CPU if cpu_only else BUILD_CORE_SECONDS_CUDA * (1 + EXTRA_ARCH_FACTOR * (n_archs - 1))
-    )
-    return core_seconds / max(1, jobs)
-
-
-def index_unreachable(url: str, timeout: float = 10) -> str:
-    """Why the package index cannot be reached ("" when it answers at all: any HTTP status counts)."""
-    if url.startswith("file:"):
-        path = Path(urllib.parse.urlparse(url).path)
-        return "" if path.exists() else f"{path} does not exist"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
-            return ""
-    except urllib.error.HTTPError:
-        return ""
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, ssl.SSLError):  # it answered; pip checks certificates its own way (cert, certifi)
-            return ""
-        return str(reason)
 
 
 def empty_environment(env_dir: Path, python_version: str) -> kaggle_pip.Installed:
@@ -209,8 +158,12 @@ class Options:
 
 
 class Setup:
+    """The facts every step shares (what was asked, where things go, the spec and the pins, what is installed, the
+    stamp, the wheelhouses), found once; plan() asks each step what it would do, run() runs those with work."""
+
     def __init__(self, options: Options, layout: Layout):
         self.options, self.layout = options, layout
+        self.repo = REPO  # the project to install
         self.base_python = options.python  # the notebook's: read, never written
         self.env_dir = Path(options.env_dir).resolve() if options.env_dir else layout.env_dir
         self.python = str(kaggle_venv.env_python(self.env_dir))
@@ -230,7 +183,7 @@ class Setup:
             self.venv_problem = kaggle_venv.usable(self.env_dir, self.base_python)
         except kaggle_venv.VenvError as exc:
             raise SetupError(str(exc)) from None
-        self.installed = empty_environment(self.env_dir, self.base["version"]) if self.venv_problem else self._probe()
+        self.installed = empty_environment(self.env_dir, self.base["version"]) if self.venv_problem else self.probe()
         try:
             self.pins = kaggle_lock.parse_lock(self.lock_path)
             kaggle_lock.check_against_spec(self.pins, self.spec, self.lock_path, self.installed.versions)
@@ -263,6 +216,8 @@ class Setup:
         }
         self.key = setup_key(spec_path=self.spec.path, lock_path=self.lock_path, python=self.python, options=options)
         self.state = State(layout.state_dir / "state.json", self.key)
+        self.steps = kaggle_steps.in_order(self)
+        self.planned: list[Step] = []  # while plan() runs: the steps planned so far
 
     def _find_offline_wheelhouse(self) -> tuple[kaggle_wheelhouse.Wheelhouse | None, list[str]]:
         """A wheelhouse (--wheelhouse, or under <root>/input/*) holding every locked wheel: then nothing is
@@ -279,7 +234,7 @@ class Setup:
             notes.append(f"wheelhouse {house.folder} lacks {len(missing)} locked wheels ({shown}): not used")
         return None, notes
 
-    def _probe(self) -> kaggle_pip.Installed:
+    def probe(self) -> kaggle_pip.Installed:
         try:
             return kaggle_pip.probe_installed(self.python)
         except kaggle_pip.PipError as exc:
@@ -288,27 +243,12 @@ class Setup:
     # --- the plan -------------------------------------------------------------------------------------------
 
     def plan(self) -> Plan:
-        plan = Plan()
-        plan.steps += [self._plan_venv(), self._plan_packages(), self._plan_hold(), self._plan_minkowski()]
-        plan.steps.append(self._plan_project())
-        changed = any(s.todo for s in plan.steps)
-        verified = self.state.done("verified") and not changed
-        plan.steps.append(
-            Step(
-                "verify",
-                not verified,
-                "stamp and machine agree: the sparse-convolution checks passed for this key"
-                if verified
-                else "the build module's checks (GPU results against CPU)",
-                20.0,
-            )
-        )
-        plan.steps.append(Step("check-env", True, f"rsna-phase0 check-env, report to {self.layout.report}", 15.0))
-        if self.options.make_wheelhouse:
-            out = Path(self.options.make_wheelhouse).resolve()
-            plan.steps.append(
-                Step("wheelhouse", True, f"every locked wheel, pip, MinkowskiEngine wheel + sdist into {out}", 150.0)
-            )
+        """What each step would do here, in order; nothing changes. self.planned holds the steps planned so far:
+        verify's plan asks whether one before it changes something."""
+        self.planned = []
+        for step in self.steps:
+            self.planned.append(step.plan())
+        plan = Plan(self.planned)
         plan.notes += self.house_notes
         if self.offline:
             plan.notes.append(
@@ -322,69 +262,24 @@ class Setup:
             )
         return plan
 
-    def _plan_venv(self) -> Step:
-        if not self.venv_problem:
-            return Step("venv", False, f"{self.env_dir} (Python {self.base['version']}, from {self.base_python})")
-        detail = (
-            f"{self.venv_problem}: make it from {self.base_python} (Python {self.base['version']}; the notebook's own "
-            "packages stay as they are)"
-        )
-        return Step("venv", True, detail, 10.0)
+    # --- what the steps share -------------------------------------------------------------------------------
 
-    def _plan_packages(self) -> Step:
-        changes = []
-        for pin in self.pins.values():
-            have = self.installed.versions.get(pin.name)
-            if have is None and pin.marker:
-                continue  # a conditional pin (environment marker) pip may rightly skip
-            if have != pin.version:
-                changes.append((pin.name, have, pin.version))
-        if not changes:
-            return Step("packages", False, f"all {len(self.pins)} locked packages installed at their versions")
-        torch_change = next((c for c in changes if c[0] == "torch"), None)
-        seconds = 3.0 * len(changes) + (0 if torch_change is None else 30 if self.cpu_only else 120)
-        shown = ", ".join(f"{n} {h or '-'} -> {v}" for n, h, v in changes[:8])
-        more = f" and {len(changes) - 8} more" if len(changes) > 8 else ""
-        detail = f"{len(changes)} to install from {self.lock_path.name}: {shown}{more}"
-        return Step("packages", True, detail, seconds, blocked=self._offline_problem())
+    def source_options(self) -> list[str]:
+        a = self.options
+        if self.offline:
+            return ["--no-index", "--find-links", str(self.offline.folder)]
+        return kaggle_pip.source_options(index_url=a.index_url, find_links=a.find_links, no_index=a.no_index)
 
-    def _index_url(self) -> str:
-        return self.options.index_url or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX
+    def constraints_text(self) -> str:
+        lines = kaggle_lock.constraint_lines(self.pins, self.spec, self.held)
+        return kaggle_pip.constraints_text(lines, str(self.spec.path))
 
-    def _offline_problem(self) -> str:
-        """Why the packages cannot be fetched ("" when a wheelhouse or a reachable index can give them)."""
-        if self.offline or self.options.no_index:
-            return ""
-        why = index_unreachable(self._index_url())
-        if not why:
-            return ""
-        return (
-            f"no package index reachable ({self._index_url()}: {why}): this session is offline. Attach a wheelhouse "
-            f"made by `python installers/kaggle_setup.py --make-wheelhouse DIR` in a session with internet (found "
-            f"under {self.layout.root / 'input'}/* by itself, or pass --wheelhouse DIR), pass --no-index --find-links "
-            "DIR with the locked wheels, or switch the notebook's internet on"
-        )
-
-    def _constraint_lines(self) -> list[str]:
-        return kaggle_lock.constraint_lines(self.pins, self.spec, self.held)
-
-    def _constraints_text(self) -> str:
-        return kaggle_pip.constraints_text(self._constraint_lines(), str(self.spec.path))
-
-    def _plan_hold(self) -> Step:
+    def write_constraints(self) -> None:
         path = self.layout.constraints
-        problem = kaggle_pip.env_overrides_hold(path)
-        if problem:
-            return Step("hold", True, "the pins cannot be held for later pip runs", blocked=problem)
-        if not path.exists() or path.read_text(encoding="utf-8") != self._constraints_text():
-            return Step("hold", True, f"write {path} and name it in the {self.options.pip_config} pip.conf", 2.0)
-        try:
-            kaggle_pip.check_hold(self.python, path)
-        except kaggle_pip.PipError as exc:
-            return Step("hold", True, f"pip does not apply the hold yet ({exc})", 2.0)
-        return Step("hold", False, f"pip applies {path} (torch=={self.torch_version} and every pin)")
+        if not path.exists() or path.read_text(encoding="utf-8") != self.constraints_text():
+            write_text_atomic(path, self.constraints_text())
 
-    def _me_misfit(self, record: dict | None) -> str:
+    def me_misfit(self, record: dict | None) -> str:
         """Empty when a MinkowskiEngine build record fits this setup, else why not (without importing it): the build
         module's own rule, so what the plan calls fitting is what it installs."""
         wanted = {
@@ -403,261 +298,30 @@ class Setup:
         cache = Path(self.options.me_cache)
         for folder in [*self.wheelhouses, *sorted(p for p in cache.glob("*") if p.is_dir())]:
             for wheel in sorted(folder.glob("[Mm]inkowski[Ee]ngine-*.whl")):
-                if not self._me_misfit(read_build_record(wheel)):
+                if not self.me_misfit(read_build_record(wheel)):
                     return wheel
         return None
 
-    def _plan_minkowski(self) -> Step:
-        why = self._me_misfit(self.installed.me_build)
-        if not why:
-            return Step(
-                "minkowski", False, f"MinkowskiEngine {self.spec.minkowski.version} installed, its build record fits"
-            )
-        why = f"installed MinkowskiEngine: {why}" if self.installed.me_build else "MinkowskiEngine is not installed"
-        if not self.cpu_only and not self.archs:
-            blocked = "no GPU is visible to pick the CUDA archs: pass --archs '7.5' (T4) or '6.0' (P100), or --cpu-only"
-            return Step("minkowski", True, why, blocked=blocked)
-        wheel = self.fitting_wheel()
-        if wheel is not None:
-            return Step("minkowski", True, f"{why}; install the fitting wheel {wheel}", 20.0)
-        build = estimate_build_seconds(self.cpu_only, self.archs, self.jobs)
-        kind = "CPU-only" if self.cpu_only else f"CUDA (archs {self.archs})"
-        where = ", ".join(str(w) for w in self.wheelhouses) or "none given"
-        detail = (
-            f"{why}; no fitting wheel in the wheelhouses ({where}) or {self.options.me_cache}: {kind} build with MAX_JOBS={self.jobs}, "
-            f"about {build / 60:.0f} min on {self.tool.cores} cores"
-        )
-        problems = kaggle_toolchain.build_problems(
-            self.tool, torch_cuda=self.spec.torch_cuda, cpu_only=self.cpu_only, blas=self.spec.minkowski.blas
-        )
-        return Step("minkowski", True, detail, build, blocked=" | ".join(problems))
-
-    def _plan_project(self) -> Step:
-        origin = self.installed.project_origin
-        if origin and Path(origin).resolve().is_relative_to(REPO) and "rsna-phase0" in self.installed.versions:
-            return Step("project", False, f"rsna_phase0 imports from {REPO}")
-        return Step("project", True, f"pip install --no-deps -e {REPO} (now: {origin or 'not installed'})", 10.0)
-
     # --- running it -------------------------------------------------------------------------------------------
 
-    def run(self, plan: Plan, say) -> int:
+    def run(self, plan: Plan, say: kaggle_steps.Say) -> int:
+        """Each step of the plan that has something to do, in order (a plan of this Setup's steps); nothing when
+        one is blocked."""
         blocked = [s for s in plan.steps if s.todo and s.blocked]
         if blocked:
             raise SetupError("; ".join(f"{s.name}: {s.blocked}" for s in blocked))
         self.layout.working.mkdir(parents=True, exist_ok=True)
         with open(self.layout.log, "a", encoding="utf-8") as log:
             log.write(f"\n=== kaggle_setup {time.strftime('%Y-%m-%d %H:%M:%S')} key {self.key} python {self.python}\n")
-            for step in plan.steps:
+            for action, step in zip(self.steps, plan.steps, strict=True):
                 started = time.monotonic()
                 if not step.todo:
                     say(f"[{step.name}] ok: {step.detail}")
                     continue
                 say(f"[{step.name}] ...")
-                self._actions()[step.name](log, say)
+                action.run(log, say)
                 say(f"[{step.name}] done in {time.monotonic() - started:.1f} s")
         return 0
-
-    def _actions(self) -> dict[str, Callable]:
-        """What each step of a plan runs, by its name."""
-        return {
-            "venv": self._do_venv,
-            "packages": self._do_packages,
-            "hold": self._do_hold,
-            "minkowski": self._do_minkowski,
-            "project": self._do_project,
-            "verify": self._do_verify,
-            "check-env": self._do_check_env,
-            "wheelhouse": self._do_wheelhouse,
-        }
-
-    def _source_options(self) -> list[str]:
-        a = self.options
-        if self.offline:
-            return ["--no-index", "--find-links", str(self.offline.folder)]
-        return kaggle_pip.source_options(index_url=a.index_url, find_links=a.find_links, no_index=a.no_index)
-
-    def _do_venv(self, log, say) -> None:
-        self.state.forget("verified")
-        folders = [
-            *([self.offline.folder] if self.offline else []),
-            *self.wheelhouses,
-            *map(Path, self.options.find_links),
-        ]
-        try:
-            pip_from = kaggle_venv.create(
-                self.base_python,
-                self.env_dir,
-                wheel_folders=folders,
-                source_options=self._source_options(),
-                log=log,
-                system_site=self.options.system_site_packages,
-            )
-        except (kaggle_venv.VenvError, OSError) as exc:
-            raise SetupError(f"{exc} (--env-dir names another place)") from None
-        say(f"  {self.env_dir} made from {self.base_python}; pip from {pip_from}")
-        self.installed = self._probe()
-        self.state.mark("venv", env=str(self.env_dir))
-
-    def _do_packages(self, log, say) -> None:
-        self.state.forget("verified")  # whatever changes now must be verified again
-        self._write_constraints()
-        args = ["install", "--require-hashes", "-r", str(self.lock_path), "-c", str(self.layout.constraints)]
-        try:
-            kaggle_pip.run_pip(self.python, [*args, *self._source_options(), "--progress-bar", "off"], log)
-        except kaggle_pip.PipError as exc:
-            offline = self._offline_problem()
-            raise SetupError(offline or str(exc)) from None
-        self.installed = self._probe()
-        wrong = [(p.name, self.installed.versions.get(p.name), p.version) for p in self.pins.values() if not p.marker]
-        wrong = [w for w in wrong if w[1] != w[2]]
-        if wrong:
-            raise SetupError(f"after pip install, still not as locked: {wrong}")
-        self.state.mark("packages", lock=str(self.lock_path))
-
-    def _write_constraints(self) -> None:
-        path = self.layout.constraints
-        if not path.exists() or path.read_text(encoding="utf-8") != self._constraints_text():
-            write_text_atomic(path, self._constraints_text())
-
-    def _do_hold(self, log, say) -> None:
-        self._write_constraints()
-        try:
-            config, changed = kaggle_pip.hold_pins(
-                self.python, self.installed, self.layout.constraints, self.options.pip_config
-            )
-        except kaggle_pip.PipError as exc:
-            raise SetupError(str(exc)) from None
-        log.write(f"hold: {config} names {self.layout.constraints} (changed: {changed})\n")
-        say(
-            f"  torch=={self.torch_version} and every pin held for later pip runs: {config} -> {self.layout.constraints}"
-        )
-        self.state.mark("hold", config=str(config))
-
-    def _do_minkowski(self, log, say) -> None:
-        log.flush()
-        cache = Path(self.options.me_cache)
-        sdist = self.offline.sdist if self.offline else None
-        if sdist and not (cache / "sources" / sdist.name).is_file():  # where the build module looks, offline too
-            (cache / "sources").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(sdist, cache / "sources" / sdist.name)
-        try:
-            result = build_minkowski.ensure_installed(
-                self.spec,
-                source=self.options.me_source,
-                cpu_only=self.cpu_only,
-                archs=self.archs,
-                jobs=self.jobs,
-                cache_dir=Path(self.options.me_cache),
-                wheelhouses=tuple(self.wheelhouses),
-                wheel_out=self.layout.wheelhouse_out,
-                log_path=self.layout.build_log,
-                python=self.python,
-                say=lambda line: say(f"  {line}"),
-                source_flag="--me-source",
-            )
-        except build_minkowski.BuildError as exc:
-            raise SetupError(f"MinkowskiEngine: {exc} (build log: {self.layout.build_log})") from None
-        self.me_wheel = result.wheel
-        how = "matching wheel found" if result.from_cache else f"built in {result.seconds:.0f} s"
-        say(f"  MinkowskiEngine: {how}: {result.wheel}")
-        if not result.from_cache:
-            say(wheelhouse_note(self.layout, result.wheel))
-        self.installed = self._probe()
-        self.state.mark("minkowski", wheel=str(result.wheel), from_cache=bool(result.from_cache))
-        self.state.mark("verified", by="build_minkowski.ensure_installed")  # it verifies what it installs
-
-    def _do_project(self, log, say) -> None:
-        if not os.access(REPO, os.W_OK):
-            raise SetupError(
-                f"{REPO} is read-only (an attached data set?); an editable install writes into it: copy it first, "
-                f"e.g. `cp -r {REPO} /kaggle/working/`, and run the copy's installers/kaggle_setup.py"
-            )
-        args = ["install", "--no-deps", "--no-build-isolation", "-e", str(REPO), "-c", str(self.layout.constraints)]
-        kaggle_pip.run_pip(self.python, args, log)
-        self.installed = self._probe()
-        self.state.mark("project")
-
-    def _do_verify(self, log, say) -> None:
-        if self.state.done("verified"):
-            say("  verified by the minkowski step of this run")
-            return
-        result = build_minkowski.verify(
-            python=self.python, expect_cuda=not self.cpu_only, version=self.spec.minkowski.version
-        )
-        log.write("\n".join(["verify:", *result.lines]) + "\n")
-        for line in result.lines:
-            say(f"  {line}")
-        if not result.ok:
-            raise SetupError("MinkowskiEngine verification failed (lines above)")
-        self.state.mark("verified")
-
-    def _do_check_env(self, log, say) -> None:
-        command = [self.python, "-c", CHECK_ENV, "check-env", "--write-report", str(self.layout.report)]
-        log.write(f"\n$ {' '.join(command)}\n")
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        except subprocess.TimeoutExpired:
-            raise SetupError("check-env did not finish in 600 s") from None
-        log.write(done.stdout + done.stderr)
-        say(done.stdout.rstrip())
-        if done.stderr.strip():
-            say(done.stderr.rstrip())
-        if done.returncode != 0:
-            verdict = (
-                "could not probe the environment" if done.returncode == 2 else "this is not the reference environment"
-            )
-            raise SetupError(f"check-env exit {done.returncode}: {verdict} (table above; report {self.layout.report})")
-
-    def _do_wheelhouse(self, log, say) -> None:
-        out = Path(self.options.make_wheelhouse).resolve()
-        out.mkdir(parents=True, exist_ok=True)
-        options = [*self._source_options(), "--progress-bar", "off"]
-        args = ["download", "--no-deps", "--require-hashes", "-r", str(self.lock_path), "-d", str(out), *options]
-        kaggle_pip.run_pip(self.python, args, log)
-        pip_version = self.installed.versions.get("pip")
-        kaggle_pip.run_pip(
-            self.python,
-            [
-                "download",
-                "--no-deps",
-                "--only-binary",
-                ":all:",
-                "-d",
-                str(out),
-                f"pip=={pip_version}" if pip_version else "pip",
-                *options,
-            ],
-            log,
-        )
-        wheel = self.me_wheel or self.fitting_wheel()
-        if wheel is None:
-            raise SetupError("no MinkowskiEngine wheel to put in the wheelhouse (the minkowski step made none)")
-        kaggle_wheelhouse.add_file(out, wheel)
-        me = self.spec.minkowski
-        try:
-            sdist = fetch_sdist(me.sdist_url, me.sdist_sha256, Path(self.options.me_cache), flag="--me-source")
-        except build_minkowski.BuildError as exc:
-            raise SetupError(str(exc)) from None
-        kaggle_wheelhouse.add_file(out, sdist)
-        python = self.installed.python_version.rsplit(".", 1)[0]
-        kaggle_wheelhouse.write_manifest(
-            out, python=python, lock_path=self.lock_path, archs=self.archs, sdist=sdist.name
-        )
-        say(
-            f"  wheelhouse {out}: {len(list(out.glob('*.whl')))} wheels and the sdist, {kaggle_wheelhouse.size_text(out)}."
-            f"\n  Keep it as a data set (or save this notebook and attach its output); the installer finds it under"
-            f"\n  {self.layout.root / 'input'}/* and then installs with no network."
-        )
-
-
-def wheelhouse_note(layout: Layout, wheel: Path) -> str:
-    return (
-        f"  The wheel is saved in {layout.wheelhouse_out}. To skip this build next session, keep it as a Kaggle\n"
-        f"  data set: save a version of this notebook and attach its output as input to the next session, or make\n"
-        f"  a data set of that folder (`kaggle datasets create -p {layout.wheelhouse_out}` after `kaggle datasets\n"
-        f"  init`). The installer looks in {layout.root / 'input'}/* by itself; the wheel fits only this torch,\n"
-        f"  CUDA, Python and these archs ({wheel.name})."
-    )
 
 
 def render_plan(setup: Setup, plan: Plan) -> str:
