@@ -117,9 +117,6 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def step(self, name: str) -> Step:
-        return next(s for s in self.steps if s.name == name)
-
     @property
     def seconds(self) -> float:
         return sum(s.seconds for s in self.steps if s.todo)
