@@ -75,7 +75,7 @@ class UpConv(nn.ConvTranspose3d):
         b, c, d, h, w = x.shape
         o = self.out_channels
         weight = self.weight.reshape(c, o * 8).t()  # (C_out * 8, C_in), rows ordered (o, i, j, k)
-        bias = self.bias.repeat_interleave(8).view(1, o * 8, 1)
+        bias = self.bias.view(o, 1).expand(o, 8).reshape(1, o * 8, 1)
         blocks = torch.baddbmm(bias, weight.expand(b, -1, -1), x.reshape(b, c, d * h * w))
         blocks = blocks.view(b, o, 2, 2, 2, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
         return blocks.reshape(b, o, 2 * d, 2 * h, 2 * w)
