@@ -11,8 +11,7 @@ CPU check of the script (GPU fields null; host operators and sync-prone operator
 A row is one model, preset, batch (regions), autocast, variant and encoder:
 - variant `main`: the step as before issue 18 (`Preset.speedups = ()`, AdamW unfused); `opt`: the preset's
   speed-ups (rsna_phase0/models/speedups.py) and, on CUDA, AdamW(fused=True) as the trainer does; `+compile` adds
-  torch.compile of the dense parts, `+onepass` one MinkowskiEngine pass over both MiM levels, `+halfnorm` the
-  decoder's GroupNorm in the autocast dtype, `+mmdeconv` its transposed convolutions as GEMMs;
+  torch.compile of the dense parts, `+onepass` one MinkowskiEngine pass over both MiM levels;
 - encoder `sparse` (MinkowskiEngine) or `masked_dense` (rsna_phase0/models/masked_dense_oracle.py: DenseEncoder(mask=...),
   the same weights); optional `mask` (every view re-masked at that ratio) and `background` (`computed`: no
   background threshold, `inactive`: the preset's);
@@ -43,7 +42,7 @@ from throughput_measure import autocast, device_from, sync
 from rsna_phase0.atomic import write_json_atomic, write_text_atomic
 
 VARIANT_BASES = ("main", "opt")
-VARIANT_EXTRAS = ("compile", "onepass", "halfnorm", "mmdeconv")
+VARIANT_EXTRAS = ("compile", "onepass")
 _BATCHES: dict = {}  # synthetic batches on the host, by preset, batch and overrides
 
 
@@ -152,8 +151,6 @@ def preset_of(row: Row, overrides: dict | None = None):
     optional = {
         "compile": "compile_dense",
         "onepass": "one_sparse_pass",
-        "halfnorm": "amp_dtype_group_norm",
-        "mmdeconv": "deconv_as_matmul",
     }
     speedups = (() if base == "main" else STEP_SPEEDUPS) + tuple(optional[e] for e in sorted(extras & optional.keys()))
     preset = get_preset(row.preset, batch_size=row.batch, speedups=speedups, **(overrides or {}))

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 SPARSE_CONV_MODES = ("default", "copy_gemm", "direct_gemm")
 # implementation choices of the training step that keep the model's function (rsna_phase0/models/speedups.py says
 # what each does); `speedups=()` runs the step as it was before them, so one benchmark run measures both
-STEP_SPEEDUPS = ("hoisted_invariants", "token_layout", "patch_space_loss", "index_select_norm")
+STEP_SPEEDUPS = ("hoisted_invariants", "token_layout", "patch_space_loss", "index_select_norm", "amp_dtype_group_norm")
 # off unless asked for: torch.compile of the dense parts; all views in one MinkowskiEngine pass (levels then
 # share GEMM rounding, so the leakage test's bit-identity across levels no longer holds)
-OPTIONAL_SPEEDUPS = ("compile_dense", "one_sparse_pass", "amp_dtype_group_norm", "deconv_as_matmul")
+OPTIONAL_SPEEDUPS = ("compile_dense", "one_sparse_pass")
 # the users' three CT windows in HU (brain L40/W80, blood L80/W200, bone L600/W3000): what their pre-windowed
 # DeepLesion and RSNA CTA files hold, and the default for CT given in HU (one channel)
 USERS_CT_WINDOWS: tuple[tuple[float, float], ...] = ((0.0, 80.0), (-20.0, 180.0), (-900.0, 2100.0))

@@ -320,17 +320,6 @@ def test_speedups_are_set_from_the_command_line_and_may_change_on_resume():
     assert resume_conflicts(old_checkpoint, after) == []  # saved before the field existed
 
 
-def test_deconv_as_matmul_equals_the_transposed_convolution_forward_and_backward():
-    from rsna_phase0.models.decoder import UpConv
-
-    torch.manual_seed(0)
-    reference, matmul = UpConv(6, 5).double(), UpConv(6, 5, as_matmul=True).double()
-    matmul.load_state_dict(reference.state_dict())
-    x = torch.randn(3, 6, 4, 5, 3, dtype=torch.float64)  # uneven sides: any axis mix-up shows
-    out_ref = _same_forward_and_backward(reference, matmul, x, tol=1e-12)
-    assert out_ref.shape == (3, 5, 8, 10, 6) and matmul(x).is_contiguous()
-
-
 def test_amp_dtype_group_norm_keeps_the_function_and_the_half_dtype():
     from rsna_phase0.models.decoder import InstanceGroupNorm
 
@@ -352,7 +341,7 @@ def test_decoder_speedups_keep_the_pretrainers_losses_and_gradients():
     preset = tiny_preset(n_local=2)
     batch = synthetic_batch(preset, 2, modality="mri", seed=4)
     results = []
-    for extra in ((), ("amp_dtype_group_norm", "deconv_as_matmul")):
+    for extra in ((), ("amp_dtype_group_norm",)):
         torch.manual_seed(0)
         model = Pretrainer(preset.with_overrides(speedups=preset.speedups + extra))
         out = model(batch)
@@ -369,23 +358,24 @@ def test_decoder_speedups_keep_the_pretrainers_losses_and_gradients():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_cuda_decoder_speedups_match_under_autocast(dtype):
+def test_cuda_amp_dtype_group_norm_matches_under_autocast(dtype):
     from rsna_phase0.models.decoder import UpBlock
 
     torch.manual_seed(0)
     reference = UpBlock(64, 32).cuda()
-    fast = UpBlock(64, 32, ("amp_dtype_group_norm", "deconv_as_matmul")).cuda()
+    fast = UpBlock(64, 32, ("amp_dtype_group_norm",)).cuda()
     fast.load_state_dict(reference.state_dict())
     x = torch.randn(4, 64, 16, 16, 16, device="cuda")
     with torch.autocast("cuda", dtype=dtype):
         out_ref, out_fast = reference(x), fast(x)
         # what the speed-up saves: CUDA autocast runs GroupNorm in float32 and hands on a float32 map
-        assert reference.body[0](x.to(dtype)).dtype == torch.float32
+        assert reference.body[0](reference.up(x)).dtype == torch.float32
     assert out_fast.dtype == dtype
-    torch.testing.assert_close(out_fast.float(), out_ref.float(), rtol=0.03, atol=0.03)
-    weights = torch.randn_like(out_ref.float())
-    (out_ref.float() * weights).sum().backward()
+    error = (out_fast.float() - out_ref).abs()
+    assert float(error.mean()) < 0.01 and float(error.max()) < 0.1, (float(error.mean()), float(error.max()))
+    weights = torch.randn_like(out_ref)
+    (out_ref * weights).sum().backward()
     (out_fast.float() * weights).sum().backward()
     for (name, p_ref), p_fast in zip(reference.named_parameters(), fast.parameters(), strict=True):
-        scale = float(p_ref.grad.abs().max())
-        torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=0.05, atol=0.02 * scale, msg=name)
+        relative = float((p_fast.grad - p_ref.grad).norm() / p_ref.grad.norm())
+        assert relative < 0.02, (name, relative)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsna_phase0.models.speedups import AMP_DTYPE_GROUP_NORM, DECONV_AS_MATMUL
+from rsna_phase0.models.speedups import AMP_DTYPE_GROUP_NORM
 from rsna_phase0.models.waveformer import ChannelLayerNorm
 from rsna_phase0.presets import Preset
 
@@ -60,32 +60,11 @@ class InstanceGroupNorm(nn.GroupNorm):
             return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
 
-class UpConv(nn.ConvTranspose3d):
-    """Transposed convolution, kernel 2 stride 2: each voxel becomes a 2^3 block, a linear map of its channels.
-    With `deconv_as_matmul` that map runs as one batched GEMM (weight (C_in, C_out * 8) over each sample's
-    (C_in, D*H*W) map) and a copy that interleaves the blocks, in place of cuDNN's transposed convolution."""
-
-    def __init__(self, in_dim: int, out_dim: int, as_matmul: bool = False) -> None:
-        super().__init__(in_dim, out_dim, kernel_size=2, stride=2)
-        self.as_matmul = as_matmul
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.as_matmul:
-            return super().forward(x)
-        b, c, d, h, w = x.shape
-        o = self.out_channels
-        weight = self.weight.reshape(c, o * 8).t()  # (C_out * 8, C_in), rows ordered (o, i, j, k)
-        bias = self.bias.view(o, 1).expand(o, 8).reshape(1, o * 8, 1)
-        blocks = torch.baddbmm(bias, weight.expand(b, -1, -1), x.reshape(b, c, d * h * w))
-        blocks = blocks.view(b, o, 2, 2, 2, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
-        return blocks.reshape(b, o, 2 * d, 2 * h, 2 * w)
-
-
 class UpBlock(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, speedups: tuple[str, ...] = ()) -> None:
         super().__init__()
         amp_norm = AMP_DTYPE_GROUP_NORM in speedups
-        self.up = UpConv(in_dim, out_dim, as_matmul=DECONV_AS_MATMUL in speedups)
+        self.up = nn.ConvTranspose3d(in_dim, out_dim, kernel_size=2, stride=2)
         self.body = nn.Sequential(
             InstanceGroupNorm(out_dim, amp_norm),
             nn.GELU(),

@@ -32,15 +32,17 @@ checkpoints and exports do not depend on the choice.
   map never joins two samples; but a convolution's GEMMs round by the total number of active voxels, so a level's
   features then depend on the other level's content in their last bits, which tests/test_model_leakage.py forbids
   for the default.
-- `amp_dtype_group_norm` (not on by default until measured): the decoder's GroupNorm (one group per channel)
-  normalises a half-precision map in its own dtype, its statistics still accumulated in float32 by the kernel;
-  CUDA autocast would run it on a float32 copy and hand a float32 map to the GELU and the next convolution
-  (which casts it back): at stride 1 that is 20 views x 32 channels x 64^3 voxels, several times over.
-- `deconv_as_matmul` (not on by default until measured): the decoder's transposed convolutions (kernel 2,
-  stride 2: each voxel becomes a 2^3 block, a linear map of its channels) as one batched GEMM and a copy that
-  interleaves the blocks, in place of cuDNN's transposed-convolution kernels. The same function up to rounding.
+- `amp_dtype_group_norm`: the decoder's GroupNorm (one group per channel) normalises a half-precision map in its
+  own dtype, its statistics still accumulated in float32 inside the kernel; CUDA autocast would run it on a float32
+  copy and hand a float32 map to the GELU and the next convolution (which casts it back): at stride 1 that is 20
+  views x 32 channels x 64^3 voxels, several times over. Peak memory of the kaggle step on an H200: 8.16 -> 6.21 GiB
+  at batch 4 (the same speed within noise), 16.3 -> 11.9 GiB at batch 8 fp16 (then under a 16 GB T4's 15 GiB)
+  and 7-10% faster there. The same function up to rounding (the convolution after it rounded its input anyway).
 
-Measured and left out: a channels-last decoder (weights and maps in channels_last_3d, which removes cuDNN's
+Measured and left out: the decoder's transposed convolutions (kernel 2, stride 2) as one batched GEMM and a copy
+that interleaves the 2^3 blocks, in place of cuDNN's kernels: the same speed within run-to-run noise (kaggle batch
+4, H200, bf16 and fp16 alternated in one run: 69.8-88.3 ms against 71.9-80.9), so the simpler module stays.
+Also measured and left out: a channels-last decoder (weights and maps in channels_last_3d, which removes cuDNN's
 nchwToNhwc transposes) made the kaggle step slower on an H200 (81 against 74 ms at batch 4, bf16): GroupNorm and
 the element-wise kernels then copy more than the transposes saved.
 Also measured and left out: cuDNN autotuning (`torch.backends.cudnn.benchmark`): 72.3 / 81.4 ms (bf16 / fp16) against
@@ -58,4 +60,3 @@ INDEX_SELECT_NORM = "index_select_norm"
 COMPILE_DENSE = "compile_dense"
 ONE_SPARSE_PASS = "one_sparse_pass"
 AMP_DTYPE_GROUP_NORM = "amp_dtype_group_norm"
-DECONV_AS_MATMUL = "deconv_as_matmul"
