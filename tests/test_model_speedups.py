@@ -376,6 +376,10 @@ def test_cuda_amp_dtype_group_norm_matches_under_autocast(dtype):
     weights = torch.randn_like(out_ref)
     (out_ref * weights).sum().backward()
     (out_fast.float() * weights).sum().backward()
+    largest = max(float(p.grad.norm()) for p in reference.parameters())
     for (name, p_ref), p_fast in zip(reference.named_parameters(), fast.parameters(), strict=True):
-        relative = float((p_fast.grad - p_ref.grad).norm() / p_ref.grad.norm())
+        # up.bias feeds a per-channel norm, so its true gradient is zero: both are rounding noise, compared to the
+        # largest gradient instead of their own size
+        size = largest if name == "up.bias" else float(p_ref.grad.norm())
+        relative = float((p_fast.grad - p_ref.grad).norm()) / size
         assert relative < 0.02, (name, relative)
