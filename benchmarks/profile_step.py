@@ -52,7 +52,7 @@ class Row:
     preset: str
     batch: int  # regions; each gives 1 + n_local views
     amp: str  # bf16 | fp16 | none
-    variant: str = "opt"  # main | opt, then any of VARIANT_EXTRAS: +compile, +onepass, ...
+    variant: str = "opt"  # main | opt, then any of +compile, +onepass
     encoder: str = "sparse"  # sparse | masked_dense (ours only)
     mask: float | None = None  # re-mask every view at this ratio
     background: str = "preset"  # preset | computed | inactive
@@ -72,7 +72,7 @@ class Row:
 def parse_variant(variant: str) -> tuple[str, set[str]]:
     base, *extras = variant.split("+")
     if base not in VARIANT_BASES or not set(extras) <= set(VARIANT_EXTRAS):
-        raise ValueError(f"variant {variant!r}: write main or opt, optionally +{', +'.join(VARIANT_EXTRAS)}")
+        raise ValueError(f"variant {variant!r}: write main or opt, optionally +compile, +onepass")
     return base, set(extras)
 
 
@@ -148,10 +148,7 @@ def preset_of(row: Row, overrides: dict | None = None):
     from rsna_phase0.presets import STEP_SPEEDUPS, get_preset
 
     base, extras = parse_variant(row.variant)
-    optional = {
-        "compile": "compile_dense",
-        "onepass": "one_sparse_pass",
-    }
+    optional = {"compile": "compile_dense", "onepass": "one_sparse_pass"}
     speedups = (() if base == "main" else STEP_SPEEDUPS) + tuple(optional[e] for e in sorted(extras & optional.keys()))
     preset = get_preset(row.preset, batch_size=row.batch, speedups=speedups, **(overrides or {}))
     if row.background == "computed":
