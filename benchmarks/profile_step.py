@@ -11,7 +11,8 @@ CPU check of the script (GPU fields null; host operators and sync-prone operator
 A row is one model, preset, batch (regions), autocast, variant and encoder:
 - variant `main`: the step as before issue 18 (`Preset.speedups = ()`, AdamW unfused); `opt`: the preset's
   speed-ups (rsna_phase0/models/speedups.py) and, on CUDA, AdamW(fused=True) as the trainer does; `+compile` adds
-  torch.compile of the dense parts, `+onepass` one MinkowskiEngine pass over both MiM levels;
+  torch.compile of the dense parts, `+onepass` one MinkowskiEngine pass over both MiM levels, `+graph` the
+  WaveFormer stages replayed from CUDA graphs;
 - encoder `sparse` (MinkowskiEngine) or `masked_dense` (rsna_phase0/models/masked_dense_oracle.py: DenseEncoder(mask=...),
   the same weights); optional `mask` (every view re-masked at that ratio) and `background` (`computed`: no
   background threshold, `inactive`: the preset's);
@@ -42,7 +43,7 @@ from throughput_measure import autocast, device_from, sync
 from rsna_phase0.atomic import write_json_atomic, write_text_atomic
 
 VARIANT_BASES = ("main", "opt")
-VARIANT_EXTRAS = ("compile", "onepass")
+VARIANT_EXTRAS = ("compile", "onepass", "graph")
 _BATCHES: dict = {}  # synthetic batches on the host, by preset, batch and overrides
 
 
@@ -52,7 +53,7 @@ class Row:
     preset: str
     batch: int  # regions; each gives 1 + n_local views
     amp: str  # bf16 | fp16 | none
-    variant: str = "opt"  # main | opt, then any of +compile, +onepass
+    variant: str = "opt"  # main | opt, then any of +compile, +onepass, +graph
     encoder: str = "sparse"  # sparse | masked_dense (ours only)
     mask: float | None = None  # re-mask every view at this ratio
     background: str = "preset"  # preset | computed | inactive
@@ -72,7 +73,7 @@ class Row:
 def parse_variant(variant: str) -> tuple[str, set[str]]:
     base, *extras = variant.split("+")
     if base not in VARIANT_BASES or not set(extras) <= set(VARIANT_EXTRAS):
-        raise ValueError(f"variant {variant!r}: write main or opt, optionally +compile, +onepass")
+        raise ValueError(f"variant {variant!r}: write main or opt, optionally +compile, +onepass, +graph")
     return base, set(extras)
 
 
@@ -93,13 +94,14 @@ def issue18_plan(quick: bool, preset: str = "kaggle") -> list[Row]:
         for e in ("sparse", "masked_dense")
     ]
     if quick:
-        return before_after + peers + oracle[2:]
+        return before_after + [ours(4, amp, "opt+graph") for amp in ("bf16", "fp16")] + peers + oracle[2:]
     return (
         before_after
         + peers
         + [ours(8, amp, v) for amp in ("bf16", "fp16") for v in ("main", "opt")]
         + [peer(8, "bf16"), peer(8, "fp16")]
         + oracle
+        + [ours(4, amp, v) for amp in ("bf16", "fp16") for v in ("opt+graph", "opt+graph+onepass")]
         + [ours(4, amp, "opt+onepass") for amp in ("bf16", "fp16")]
         + [ours(4, amp, "opt", encoder="masked_dense") for amp in ("bf16", "fp16")]
         + [ours(4, "bf16", "opt+compile"), peer(4, "bf16", "opt+compile")]
@@ -148,7 +150,7 @@ def preset_of(row: Row, overrides: dict | None = None):
     from rsna_phase0.presets import STEP_SPEEDUPS, get_preset
 
     base, extras = parse_variant(row.variant)
-    optional = {"compile": "compile_dense", "onepass": "one_sparse_pass"}
+    optional = {"compile": "compile_dense", "onepass": "one_sparse_pass", "graph": "graph_wave_stages"}
     speedups = (() if base == "main" else STEP_SPEEDUPS) + tuple(optional[e] for e in sorted(extras & optional.keys()))
     preset = get_preset(row.preset, batch_size=row.batch, speedups=speedups, **(overrides or {}))
     if row.background == "computed":

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from rsna_phase0.models.cuda_graphs import GraphedFunction
 from rsna_phase0.models.feature_masks import mask_at_stride, visible_weight
 from rsna_phase0.models.geometry import check_input_size
 from rsna_phase0.models.sparse_stages import (
@@ -23,6 +24,7 @@ from rsna_phase0.models.sparse_stages import (
     sparse_to_dense,
     visible_voxels_to_sparse,
 )
+from rsna_phase0.models.speedups import GRAPH_WAVE_STAGES
 from rsna_phase0.models.waveformer import preset_wave_stages
 from rsna_phase0.presets import Preset
 
@@ -58,6 +60,10 @@ class SparseWaveEncoder(nn.Module):
             for i in range(n_sparse)
         )
         self.wave_stages = preset_wave_stages(preset)
+        # not a module: parameter names (checkpoints, exports) stay those of wave_stages
+        self.graphed_wave_stages = None
+        if GRAPH_WAVE_STAGES in preset.speedups:
+            self.graphed_wave_stages = GraphedFunction(self.wave_stages, self._wave_stage_maps)
 
     def get_downsample_ratio(self) -> int:
         return 2 ** len(self.preset.stage_dims)
@@ -111,11 +117,17 @@ class SparseWaveEncoder(nn.Module):
 
     def wave_maps(self, h: torch.Tensor, masks: list[torch.Tensor]) -> list[torch.Tensor]:
         """The WaveFormer stages' maps from the last sparse map `h`; `masks` are their hidden masks."""
+        visibles = [visible_weight(stage_mask) for stage_mask in masks]
+        if self.graphed_wave_stages is not None:
+            return list(self.graphed_wave_stages(h, *visibles))
+        return list(self._wave_stage_maps(h, *visibles))
+
+    def _wave_stage_maps(self, h: torch.Tensor, *visibles: torch.Tensor) -> tuple[torch.Tensor, ...]:
         maps = []
-        for stage, stage_mask in zip(self.wave_stages, masks, strict=True):
-            h = stage(h, visible_weight(stage_mask))
+        for stage, visible in zip(self.wave_stages, visibles, strict=True):
+            h = stage(h, visible)
             maps.append(h)
-        return maps
+        return tuple(maps)
 
     def _sparse_stages(self, x: torch.Tensor, active: torch.Tensor, modality: str) -> list[torch.Tensor]:
         batch, size = x.shape[0], x.shape[-1]

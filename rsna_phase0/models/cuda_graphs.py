@@ -1,0 +1,141 @@
+"""A stretch of the training step replayed as two CUDA graphs, forward and backward (speed-up `graph_wave_stages`).
+
+At the kaggle preset's batch of 4 an H200 waits on the host: the step issues ~2,000 eager operators and the GPU
+runs most of their kernels faster than Python launches them (60% busy). A CUDA graph launches a captured stretch of
+kernels in one call. The WaveFormer stages (half the step's operators, none of them host-synchronising, fixed
+shapes) are captured once per input signature and then replayed, their gradients handed back to autograd as any
+operator's would be.
+
+Rules the caller keeps (each checked, with an error that says so, where a check is possible):
+- training forwards with grad enabled are replayed; evaluation forwards (eval() or no_grad) run eagerly, and so do
+  forwards under a dispatch mode (the trainer's FLOP count, benchmarks' operator counts), which must see the
+  operators a replay would hide;
+- CUDA inputs only;
+- one replay per backward: a second forward of the same signature before the first one's backward overwrites the
+  activations that backward needs, so that backward raises instead of returning wrong gradients;
+- parameters stay where they are (an optimizer's in-place update is fine; moving the model after the first step is
+  not): the graphs read them by address.
+One signature is held at a time: a new one (a short last batch, smaller micro-batches after an out-of-memory
+back-off) frees the old graphs before capturing, so memory does not grow with the number of shapes seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+WARMUP_ITERS = 3  # eager forward + backward passes before capture, on a side stream (cuBLAS / cuDNN set-up)
+
+
+def signature(inputs: tuple[torch.Tensor, ...]) -> tuple:
+    """What a captured graph is valid for: every input's shape, dtype, device and grad flag, and the autocast state."""
+    autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+    return (*((tuple(x.shape), x.dtype, x.device, x.requires_grad) for x in inputs), autocast)
+
+
+class _Captured:
+    """The forward and backward graphs of `function` at one input signature, with their static buffers."""
+
+    def __init__(self, function: Callable, params: tuple[nn.Parameter, ...], inputs: tuple[torch.Tensor, ...]):
+        self.params = params
+        self.inputs_need_grad = tuple(x.requires_grad for x in inputs)
+        self.static_inputs = tuple(x.detach().clone().requires_grad_(x.requires_grad) for x in inputs)
+        differentiable = [x for x in self.static_inputs if x.requires_grad] + list(params)
+        # the autocast the caller runs under, without its weight-cast cache (a cached cast would be captured as a
+        # tensor of the first step's weights)
+        dtype, enabled = torch.get_autocast_dtype("cuda"), torch.is_autocast_enabled("cuda")
+
+        def autocast():
+            return torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), autocast():
+            for _ in range(WARMUP_ITERS):
+                outputs = function(*self.static_inputs)
+                grad_outputs = [torch.ones_like(o) for o in outputs]
+                torch.autograd.grad(outputs, differentiable, grad_outputs, allow_unused=True)
+        torch.cuda.current_stream().wait_stream(side)
+        # thread_local: the DataLoader's pin-memory thread keeps calling CUDA while this thread captures
+        self.forward_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.forward_graph, capture_error_mode="thread_local"), autocast():
+            self.static_outputs = tuple(function(*self.static_inputs))
+        self.static_grad_outputs = tuple(torch.zeros_like(o) for o in self.static_outputs)
+        self.backward_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.backward_graph, pool=self.forward_graph.pool(), capture_error_mode="thread_local"):
+            self.static_grads = torch.autograd.grad(
+                self.static_outputs, differentiable, self.static_grad_outputs, allow_unused=True
+            )
+        # the captured autograd graph is spent: dropping it frees the parameters' gradient accumulators made on the
+        # capture stream (autograd would otherwise keep using them, on that stream, in every later backward)
+        self.static_outputs = tuple(o.detach() for o in self.static_outputs)
+        self.replays = 0  # forward replays so far: a backward checks that its forward's activations are still there
+
+
+class _Replay(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, captured: _Captured, *inputs_and_params):
+        inputs = inputs_and_params[: len(captured.static_inputs)]
+        for static, x in zip(captured.static_inputs, inputs, strict=True):
+            static.copy_(x)
+        captured.forward_graph.replay()
+        captured.replays += 1
+        ctx.captured, ctx.replay = captured, captured.replays
+        # copies: a caller may keep the outputs past the next replay (the decoder saves them for its backward)
+        return tuple(o.clone() for o in captured.static_outputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grad_outputs):
+        captured = ctx.captured
+        if ctx.replay != captured.replays:
+            raise RuntimeError(
+                "graph_wave_stages: this backward's forward was replayed over by a later training forward of the "
+                "same shapes, so its saved activations are gone; run one forward per backward, or remove "
+                "graph_wave_stages from the preset's speedups"
+            )
+        for static, grad in zip(captured.static_grad_outputs, grad_outputs, strict=True):
+            if grad is None:
+                static.zero_()
+            else:
+                static.copy_(grad)
+        captured.backward_graph.replay()
+        grads = iter(captured.static_grads)
+        inputs = [next(grads).clone() if needs else None for needs in captured.inputs_need_grad]
+        params = [None if g is None else g.clone() for g in grads]
+        return (None, *inputs, *params)
+
+
+class GraphedFunction:
+    """`function(*tensors) -> tuple of tensors`, computed by `module`'s parameters, replayed from CUDA graphs in
+    training forwards (see the module docstring for the rules)."""
+
+    def __init__(self, module: nn.Module, function: Callable) -> None:
+        self.module, self.function = module, function
+        self._key: tuple | None = None
+        self._captured: _Captured | None = None
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not (self.module.training and torch.is_grad_enabled()) or _get_current_dispatch_mode() is not None:
+            return tuple(self.function(*inputs))
+        if not all(x.is_cuda for x in inputs):
+            raise RuntimeError(
+                "graph_wave_stages replays CUDA graphs and needs the model on a CUDA device; "
+                "remove it from the preset's speedups (--set speedups=...) to train on the CPU"
+            )
+        key = signature(inputs)
+        if key != self._key:
+            self.release()
+            params = tuple(p for p in self.module.parameters() if p.requires_grad)
+            self._captured, self._key = _Captured(self.function, params, inputs), key
+        captured = self._captured
+        return _Replay.apply(captured, *inputs, *captured.params)
+
+    def release(self) -> None:
+        """Free the captured graphs and their memory pool (the next training forward captures anew)."""
+        if self._captured is not None:
+            self._captured, self._key = None, None
+            torch.cuda.empty_cache()

@@ -1,0 +1,139 @@
+"""`graph_wave_stages`: the WaveFormer stages replayed from CUDA graphs train exactly as the eager stages do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rsna_phase0.models.blob_batch import synthetic_batch
+from rsna_phase0.models.pretrainer import Pretrainer
+from rsna_phase0.presets import get_preset
+
+GRAPHED = "graph_wave_stages"
+
+
+def eager_and_graphed(preset_name: str = "smoke", device: str = "cpu"):
+    preset = get_preset(preset_name)
+    torch.manual_seed(0)
+    eager = Pretrainer(preset).to(device)
+    graphed = Pretrainer(preset.with_overrides(speedups=(*preset.speedups, GRAPHED))).to(device)
+    graphed.load_state_dict(eager.state_dict())
+    return preset, eager, graphed
+
+
+def test_graphed_stages_keep_parameter_names_and_refuse_compile_dense():
+    _, eager, graphed = eager_and_graphed()
+    assert list(graphed.state_dict()) == list(eager.state_dict())
+    with pytest.raises(ValueError, match="compile_dense and graph_wave_stages"):
+        get_preset("smoke", speedups=("compile_dense", GRAPHED))
+
+
+def test_graphed_stages_evaluate_eagerly_and_refuse_to_train_on_the_cpu():
+    preset, eager, graphed = eager_and_graphed()
+    batch = synthetic_batch(preset, 1, modality="mri", seed=0)
+    eager.eval(), graphed.eval()
+    with torch.no_grad():
+        assert graphed(batch)["loss"].item() == eager(batch)["loss"].item()
+    graphed.train()
+    with pytest.raises(RuntimeError, match="needs the model on a CUDA device.*remove it"):
+        graphed(batch)
+
+
+def _close_to(actual: dict, expected: dict, tol: float) -> None:
+    """Each gradient within `tol` of the largest gradient's size (rounding of a near-zero gradient is noise)."""
+    assert actual.keys() == expected.keys()
+    scale = max(g.abs().max().item() for g in expected.values())
+    for name, grad in expected.items():
+        torch.testing.assert_close(actual[name], grad, rtol=tol, atol=tol * scale, msg=name)
+
+
+def _amp(amp: str):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
+    return torch.autocast("cuda", dtype=dtype, enabled=amp != "fp32")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["fp32", "bf16", "fp16"])
+def test_cuda_graphed_stages_train_like_eager_stages(amp, monkeypatch):
+    """Four AdamW steps side by side: new data each step, a new batch shape (a fresh capture) and back."""
+    preset, eager, graphed = eager_and_graphed(device="cuda")
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (eager, graphed)]
+    tol = 1e-4 if amp == "fp32" else 2e-2
+    # float32 is float32 here: cuDNN's TF32 rounds at ~1e-3 and may pick another algorithm inside a capture
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    for step, regions in enumerate([2, 2, 1, 2]):
+        batch = synthetic_batch(preset, regions, modality="mri", seed=step).to("cuda")
+        losses, grads = [], []
+        for model, optimizer in zip((eager, graphed), optimizers, strict=True):
+            optimizer.zero_grad(set_to_none=True)
+            with _amp(amp):
+                loss = model(batch)["loss"]
+            loss.float().backward()
+            losses.append(loss.item())
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+            optimizer.step()
+        assert losses[1] == pytest.approx(losses[0], rel=tol), f"step {step}"
+        _close_to(grads[1], grads[0], tol)
+    captured = graphed.encoder.graphed_wave_stages._captured
+    assert captured is not None and captured.replays == 1  # the last shape was captured anew and replayed once
+
+
+@pytest.mark.gpu
+def test_cuda_graphed_stages_refuse_a_backward_whose_activations_were_replayed_over():
+    preset, _, graphed = eager_and_graphed(device="cuda")
+    batch = synthetic_batch(preset, 1, modality="mri", seed=0).to("cuda")
+    first = graphed(batch)["loss"]
+    second = graphed(batch)["loss"]
+    with pytest.raises(RuntimeError, match="replayed over by a later training forward"):
+        first.backward()
+    second.backward()
+    assert all(p.grad is not None for p in graphed.encoder.wave_stages.parameters())
+
+
+def wave_stage_inputs(preset, n: int):
+    """What the WaveFormer stages take: the last sparse stage's map and each WaveFormer stage's hidden mask."""
+    first, size = preset.sparse_stages, preset.input_size
+    h = torch.randn(n, preset.stage_dims[first - 1], *(3 * [size // 2**first]), device="cuda", requires_grad=True)
+    sides = [size // 2 ** (i + 1) for i in range(first, len(preset.stage_dims))]
+    return h, [torch.rand(n, r, r, r, device="cuda") < 0.6 for r in sides]
+
+
+def _launches(run) -> dict[str, int]:
+    """Kernel and graph launches of one call of `run` (after a warm-up call: the capture, when graphed)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events()]
+    return {k: sum(n.startswith(k) for n in names) for k in ("cudaLaunchKernel", "cudaGraphLaunch")}
+
+
+@pytest.mark.gpu
+def test_cuda_graphed_stages_launch_their_kernels_as_graphs():
+    """A graphed step launches two CUDA graphs (forward, backward) in place of most of the stages' own launches."""
+    preset, eager, graphed = eager_and_graphed(device="cuda")
+    batch = synthetic_batch(preset, 2, modality="mri", seed=0).to("cuda")
+    plain = _launches(lambda: eager(batch)["loss"].backward())
+    replayed = _launches(lambda: graphed(batch)["loss"].backward())
+    h, masks = wave_stage_inputs(preset, 4)
+
+    def stages_alone():
+        maps = eager.encoder.wave_maps(h, masks)
+        sum(m.float().sum() for m in maps).backward()
+
+    stages = _launches(stages_alone)["cudaLaunchKernel"]
+    assert plain["cudaGraphLaunch"] == 0 and replayed["cudaGraphLaunch"] == 2, (plain, replayed)
+    assert plain["cudaLaunchKernel"] - replayed["cudaLaunchKernel"] > stages / 2, (plain, replayed, stages)
+
+
+def test_graphed_stages_run_eagerly_under_a_dispatch_mode_so_flops_are_counted():
+    """The trainer's FLOP count (a dispatch mode) must see the stages' operators, which a replay would hide."""
+    from rsna_phase0.training.t4_budget import count_step_flops
+
+    preset, eager, graphed = eager_and_graphed()
+    batch = synthetic_batch(preset, 1, modality="mri", seed=0)
+    assert count_step_flops(graphed, batch).dense == count_step_flops(eager, batch).dense > 0
