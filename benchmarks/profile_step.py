@@ -43,7 +43,8 @@ from throughput_measure import autocast, device_from, sync
 from rsna_phase0.atomic import write_json_atomic, write_text_atomic
 
 VARIANT_BASES = ("main", "opt")
-VARIANT_EXTRAS = ("compile", "onepass", "graph")
+# a variant's `+extra` -> the optional speed-up it adds (rsna_phase0/presets.py OPTIONAL_SPEEDUPS)
+VARIANT_EXTRAS = {"compile": "compile_dense", "onepass": "one_sparse_pass", "graph": "graph_wave_stages"}
 _BATCHES: dict = {}  # synthetic batches on the host, by preset, batch and overrides
 
 
@@ -53,7 +54,7 @@ class Row:
     preset: str
     batch: int  # regions; each gives 1 + n_local views
     amp: str  # bf16 | fp16 | none
-    variant: str = "opt"  # main | opt, then any of +compile, +onepass, +graph
+    variant: str = "opt"  # main | opt, then any of VARIANT_EXTRAS: +compile, +onepass, ...
     encoder: str = "sparse"  # sparse | masked_dense (ours only)
     mask: float | None = None  # re-mask every view at this ratio
     background: str = "preset"  # preset | computed | inactive
@@ -73,7 +74,7 @@ class Row:
 def parse_variant(variant: str) -> tuple[str, set[str]]:
     base, *extras = variant.split("+")
     if base not in VARIANT_BASES or not set(extras) <= set(VARIANT_EXTRAS):
-        raise ValueError(f"variant {variant!r}: write main or opt, optionally +compile, +onepass, +graph")
+        raise ValueError(f"variant {variant!r}: write main or opt, optionally +{', +'.join(VARIANT_EXTRAS)}")
     return base, set(extras)
 
 
@@ -150,8 +151,7 @@ def preset_of(row: Row, overrides: dict | None = None):
     from rsna_phase0.presets import STEP_SPEEDUPS, get_preset
 
     base, extras = parse_variant(row.variant)
-    optional = {"compile": "compile_dense", "onepass": "one_sparse_pass", "graph": "graph_wave_stages"}
-    speedups = (() if base == "main" else STEP_SPEEDUPS) + tuple(optional[e] for e in sorted(extras & optional.keys()))
+    speedups = (() if base == "main" else STEP_SPEEDUPS) + tuple(VARIANT_EXTRAS[e] for e in sorted(extras))
     preset = get_preset(row.preset, batch_size=row.batch, speedups=speedups, **(overrides or {}))
     if row.background == "computed":
         preset = preset.with_overrides(background_threshold=None)

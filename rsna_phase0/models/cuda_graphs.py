@@ -1,10 +1,10 @@
 """A stretch of the training step replayed as two CUDA graphs, forward and backward (speed-up `graph_wave_stages`).
 
-At the kaggle preset's batch of 4 an H200 waits on the host: the step issues ~2,000 eager operators and the GPU
-runs most of their kernels faster than Python launches them (60% busy). A CUDA graph launches a captured stretch of
-kernels in one call. The WaveFormer stages (half the step's operators, none of them host-synchronising, fixed
-shapes) are captured once per input signature and then replayed, their gradients handed back to autograd as any
-operator's would be.
+At the kaggle preset's batch of 4 an H200 waits on the host: the step runs ~3,950 host operators (profiler count)
+and the GPU runs most of their kernels faster than Python launches them (46-58% busy). A CUDA graph launches a
+captured stretch of kernels in one call. The WaveFormer stages (~40% of the step's host operators, none of them
+host-synchronising, fixed shapes) are captured once per input signature and then replayed, their gradients handed
+back to autograd as any operator's would be.
 
 Rules the caller keeps (each checked, with an error that says so, where a check is possible):
 - training forwards with grad enabled are replayed; evaluation forwards (eval() or no_grad) run eagerly, and so do
@@ -30,10 +30,13 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 WARMUP_ITERS = 3  # eager forward + backward passes before capture, on a side stream (cuBLAS / cuDNN set-up)
 
 
+def cuda_autocast_state() -> tuple[bool, torch.dtype]:
+    return torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+
+
 def signature(inputs: tuple[torch.Tensor, ...]) -> tuple:
     """What a captured graph is valid for: every input's shape, dtype, device and grad flag, and the autocast state."""
-    autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
-    return (*((tuple(x.shape), x.dtype, x.device, x.requires_grad) for x in inputs), autocast)
+    return (*((tuple(x.shape), x.dtype, x.device, x.requires_grad) for x in inputs), cuda_autocast_state())
 
 
 class _Captured:
@@ -46,7 +49,7 @@ class _Captured:
         differentiable = [x for x in self.static_inputs if x.requires_grad] + list(params)
         # the autocast the caller runs under, without its weight-cast cache (a cached cast would be captured as a
         # tensor of the first step's weights)
-        dtype, enabled = torch.get_autocast_dtype("cuda"), torch.is_autocast_enabled("cuda")
+        enabled, dtype = cuda_autocast_state()
 
         def autocast():
             return torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)

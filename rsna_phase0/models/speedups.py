@@ -40,7 +40,7 @@ checkpoints and exports do not depend on the choice.
   and 7-10% faster there. The same function up to rounding (the convolution after it rounded its input anyway).
 - `graph_wave_stages` (not on by default): the WaveFormer stages' forward and backward in training steps replayed
   from CUDA graphs (models/cuda_graphs.py), captured at the first step of each batch shape: the kaggle step at
-  batch 4 is host-bound on an H200 (~2,000 eager operators, the GPU 60% busy) and these stages are half of its
+  batch 4 is host-bound on an H200 (~3,950 host operators, the GPU 46-58% busy) and these stages are ~40% of its
   operators, none of them synchronising the host. The same kernels on the same data (with TF32 off, graphed and
   eager gradients agree to 1e-7 of the largest, as two eager runs do). CUDA only. On an H200 (kaggle, batch 4,
   two runs): host operators 3,948 -> 2,342, fp16 72.6-72.9 -> 66.2-66.5 ms, bf16 the same within noise, GPU busy
