@@ -3,11 +3,11 @@
 # the model (tests/test_model_speedups.py, tests/test_cuda_graphs.py, tests/test_model_gpu.py; about a minute),
 # then the issue18 plan of benchmarks/profile_step.py. Its rows, most important first (a budget cut drops the
 # tail, never a finished row):
-# kaggle before (`main`, the step as it was) and after (`opt`) at batch 4 and 8, bf16 and fp16 with GradScaler;
-# the MAE peer on the same views; MinkowskiEngine against the masked-dense oracle at mask 0.6, background computed
-# and inactive; the WaveFormer stages from CUDA graphs (alone and with one sparse pass); torch.compile of the
-# dense parts (ours and the peer's); one sparse pass; batch 32 and the peer at 160
-# views.
+# kaggle before (`main`, the step as it was) and after (`opt`, the default speed-ups) at batch 4 and 8, bf16 and
+# fp16 with GradScaler; the MAE peer on the same views; MinkowskiEngine against the masked-dense oracle at mask
+# 0.6, background computed and inactive (both with eager WaveFormer stages); `opt` without the CUDA graphs; one
+# sparse pass; torch.compile of the dense parts (ours in place of the graphs, and the peer's); batch 32 and the
+# peer at 160 views.
 #
 #   OUT=DIR bash benchmarks/gpu_issue18.sh            # the full plan
 #   OUT=DIR bash benchmarks/gpu_issue18.sh --quick    # about a minute: batch 4 only, no compile

@@ -4,15 +4,16 @@ GPU, every figure issue 18's targets need in one run (benchmarks/gpu_issue18.sh 
     python benchmarks/profile_step.py --device cuda --plan issue18 --json OUT/profile.json --summary OUT/summary.txt
 Ad hoc rows (the product of the lists):
     python benchmarks/profile_step.py --device cuda --preset kaggle --batch-sizes 4 8 --amp bf16 fp16 \
-        --variants main opt opt+compile --encoders sparse masked_dense --peer
+        --variants main opt opt-graph+compile --encoders sparse masked_dense --peer
 CPU check of the script (GPU fields null; host operators and sync-prone operators still counted):
     python benchmarks/profile_step.py --device cpu --preset smoke --batch-sizes 1 --quick
 
 A row is one model, preset, batch (regions), autocast, variant and encoder:
 - variant `main`: the step as before issue 18 (`Preset.speedups = ()`, AdamW unfused); `opt`: the preset's
-  speed-ups (rsna_phase0/models/speedups.py) and, on CUDA, AdamW(fused=True) as the trainer does; `+compile` adds
-  torch.compile of the dense parts, `+onepass` one MinkowskiEngine pass over both MiM levels, `+graph` the
-  WaveFormer stages replayed from CUDA graphs;
+  speed-ups (rsna_phase0/models/speedups.py) and, on CUDA, AdamW(fused=True) as the trainer does; `+name` adds an
+  optional one, `-name` takes a default one out: `+onepass` one MinkowskiEngine pass over both MiM levels,
+  `-graph` the WaveFormer stages eager instead of from CUDA graphs, `-graph+compile` torch.compile of the dense
+  parts in their place;
 - encoder `sparse` (MinkowskiEngine) or `masked_dense` (rsna_phase0/models/masked_dense_oracle.py: DenseEncoder(mask=...),
   the same weights); optional `mask` (every view re-masked at that ratio) and `background` (`computed`: no
   background threshold, `inactive`: the preset's);
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import re
 import sys
 import time
 import traceback
@@ -43,8 +45,9 @@ from throughput_measure import autocast, device_from, sync
 from rsna_phase0.atomic import write_json_atomic, write_text_atomic
 
 VARIANT_BASES = ("main", "opt")
-# a variant's `+extra` -> the optional speed-up it adds (rsna_phase0/presets.py OPTIONAL_SPEEDUPS)
-VARIANT_EXTRAS = {"compile": "compile_dense", "onepass": "one_sparse_pass", "graph": "graph_wave_stages"}
+# a variant's `+name` adds the speed-up, `-name` takes it out of opt's (rsna_phase0/presets.py STEP_SPEEDUPS and
+# OPTIONAL_SPEEDUPS): opt-graph+compile is the preset's speed-ups with torch.compile in place of the CUDA graphs
+VARIANT_CHANGES = {"compile": "compile_dense", "onepass": "one_sparse_pass", "graph": "graph_wave_stages"}
 _BATCHES: dict = {}  # synthetic batches on the host, by preset, batch and overrides
 
 
@@ -54,7 +57,7 @@ class Row:
     preset: str
     batch: int  # regions; each gives 1 + n_local views
     amp: str  # bf16 | fp16 | none
-    variant: str = "opt"  # main | opt, then any of VARIANT_EXTRAS: +compile, +onepass, ...
+    variant: str = "opt"  # main | opt, then +name / -name of VARIANT_CHANGES: opt-graph+compile, ...
     encoder: str = "sparse"  # sparse | masked_dense (ours only)
     mask: float | None = None  # re-mask every view at this ratio
     background: str = "preset"  # preset | computed | inactive
@@ -71,11 +74,15 @@ class Row:
         return " ".join(parts)
 
 
-def parse_variant(variant: str) -> tuple[str, set[str]]:
-    base, *extras = variant.split("+")
-    if base not in VARIANT_BASES or not set(extras) <= set(VARIANT_EXTRAS):
-        raise ValueError(f"variant {variant!r}: write main or opt, optionally +{', +'.join(VARIANT_EXTRAS)}")
-    return base, set(extras)
+def parse_variant(variant: str) -> tuple[str, set[str], set[str]]:
+    """`opt-graph+onepass` -> ("opt", {"onepass"}, {"graph"}): the base, the names added and the names removed."""
+    base, *changes = re.split(r"(?=[+-])", variant)
+    added = {c[1:] for c in changes if c[0] == "+"}
+    removed = {c[1:] for c in changes if c[0] == "-"}
+    if base not in VARIANT_BASES or not (added | removed) <= set(VARIANT_CHANGES) or added & removed:
+        names = ", ".join(VARIANT_CHANGES)
+        raise ValueError(f"variant {variant!r}: write main or opt, then +name or -name with a name of {names}")
+    return base, added, removed
 
 
 def issue18_plan(quick: bool, preset: str = "kaggle") -> list[Row]:
@@ -89,25 +96,27 @@ def issue18_plan(quick: bool, preset: str = "kaggle") -> list[Row]:
 
     before_after = [ours(4, amp, v) for amp in ("bf16", "fp16") for v in ("main", "opt")]
     peers = [peer(4, "bf16"), peer(4, "fp16")]
+    # the oracle's WaveFormer stages are eager, so both encoders run them eagerly: the ratio is the sparse part's
     oracle = [
-        ours(4, "bf16", "opt", encoder=e, mask=0.6, background=bg)
+        ours(4, "bf16", "opt-graph", encoder=e, mask=0.6, background=bg)
         for bg in ("computed", "inactive")
         for e in ("sparse", "masked_dense")
     ]
+    without_graphs = [ours(4, amp, "opt-graph") for amp in ("bf16", "fp16")]
     if quick:
-        return before_after + [ours(4, amp, "opt+graph") for amp in ("bf16", "fp16")] + peers + oracle[2:]
+        return before_after + without_graphs + peers + oracle[2:]
     return (
         before_after
         + peers
         + [ours(8, amp, v) for amp in ("bf16", "fp16") for v in ("main", "opt")]
         + [peer(8, "bf16"), peer(8, "fp16")]
         + oracle
-        + [ours(4, amp, v) for amp in ("bf16", "fp16") for v in ("opt+graph", "opt+graph+onepass")]
+        + without_graphs
         + [ours(4, amp, "opt+onepass") for amp in ("bf16", "fp16")]
-        + [ours(4, amp, "opt", encoder="masked_dense") for amp in ("bf16", "fp16")]
-        + [ours(4, "bf16", "opt+compile"), peer(4, "bf16", "opt+compile")]
+        + [ours(4, amp, "opt-graph", encoder="masked_dense") for amp in ("bf16", "fp16")]
+        + [ours(4, "bf16", "opt-graph+compile"), peer(4, "bf16", "opt+compile")]
         + [ours(32, "bf16", "opt"), peer(32, "bf16")]
-        + [ours(4, "fp16", "opt+compile"), ours(8, "bf16", "opt+compile")]
+        + [ours(4, "fp16", "opt-graph+compile"), ours(8, "bf16", "opt-graph+compile")]
     )
 
 
@@ -121,7 +130,13 @@ def grid_plan(args) -> list[Row]:
                     for encoder in args.encoders:
                         rows.append(Row("ours", preset, batch, amp, variant, encoder, args.mask, args.background))
                     # the peer has no speed-ups: one row per batch and autocast, compiled when ours is
-                    peer = Row("mae_peer", preset, batch, amp, "opt+compile" if "+compile" in variant else "opt")
+                    peer = Row(
+                        "mae_peer",
+                        preset,
+                        batch,
+                        amp,
+                        "opt+compile" if "compile" in parse_variant(variant)[1] else "opt",
+                    )
                     if args.peer and peer not in rows:
                         rows.append(peer)
     return rows
@@ -150,8 +165,12 @@ def parse_overrides(pairs: list[str]) -> dict:
 def preset_of(row: Row, overrides: dict | None = None):
     from rsna_phase0.presets import STEP_SPEEDUPS, get_preset
 
-    base, extras = parse_variant(row.variant)
-    speedups = (() if base == "main" else STEP_SPEEDUPS) + tuple(VARIANT_EXTRAS[e] for e in sorted(extras))
+    base, added, removed = parse_variant(row.variant)
+    if row.model == "mae_peer":  # the preset gives the peer its sizes only; its variant says whether it compiles
+        base, added, removed = "main", set(), set()
+    taken_out = {VARIANT_CHANGES[name] for name in removed}
+    speedups = tuple(s for s in (() if base == "main" else STEP_SPEEDUPS) if s not in taken_out)
+    speedups += tuple(VARIANT_CHANGES[name] for name in sorted(added) if VARIANT_CHANGES[name] not in speedups)
     preset = get_preset(row.preset, batch_size=row.batch, speedups=speedups, **(overrides or {}))
     if row.background == "computed":
         preset = preset.with_overrides(background_threshold=None)

@@ -13,11 +13,13 @@ GRAPHED = "graph_wave_stages"
 
 
 def eager_and_graphed(preset_name: str = "smoke", device: str = "cpu"):
+    """The preset's default model (CUDA graphs on) and the same weights with the stages eager."""
     preset = get_preset(preset_name)
+    assert GRAPHED in preset.speedups  # on by default
     torch.manual_seed(0)
-    eager = Pretrainer(preset).to(device)
-    graphed = Pretrainer(preset.with_overrides(speedups=(*preset.speedups, GRAPHED))).to(device)
-    graphed.load_state_dict(eager.state_dict())
+    graphed = Pretrainer(preset).to(device)
+    eager = Pretrainer(preset.with_overrides(speedups=tuple(s for s in preset.speedups if s != GRAPHED))).to(device)
+    eager.load_state_dict(graphed.state_dict())
     return preset, eager, graphed
 
 
@@ -28,15 +30,26 @@ def test_graphed_stages_keep_parameter_names_and_refuse_compile_dense():
         get_preset("smoke", speedups=("compile_dense", GRAPHED))
 
 
-def test_graphed_stages_evaluate_eagerly_and_refuse_to_train_on_the_cpu():
+def test_graphed_stages_evaluate_eagerly_and_train_eagerly_on_the_cpu():
+    """The default speed-ups on a CPU: no CUDA graphs there, so the stages run eagerly, loss and gradients exactly
+    those of the eager model."""
     preset, eager, graphed = eager_and_graphed()
     batch = synthetic_batch(preset, 1, modality="mri", seed=0)
     eager.eval(), graphed.eval()
     with torch.no_grad():
         assert graphed(batch)["loss"].item() == eager(batch)["loss"].item()
-    graphed.train()
-    with pytest.raises(RuntimeError, match="needs the model on a CUDA device.*remove it"):
-        graphed(batch)
+    eager.train(), graphed.train()
+    losses = [model(batch)["loss"] for model in (eager, graphed)]
+    assert losses[0].item() == losses[1].item()
+    for loss in losses:
+        loss.backward()
+    grads = [{n: p.grad for n, p in model.named_parameters() if p.grad is not None} for model in (eager, graphed)]
+    # MinkowskiEngine's CPU backward sums in thread order (two eager runs differ by ~2e-8 of the largest gradient)
+    _close_to(grads[1], grads[0], 1e-6)
+    for name, grad in grads[0].items():
+        if name.startswith("encoder.wave_stages."):
+            assert torch.equal(grads[1][name], grad), name
+    assert graphed.encoder.graphed_wave_stages._captured is None  # nothing was captured
 
 
 def _close_to(actual: dict, expected: dict, tol: float) -> None:
@@ -91,6 +104,30 @@ def test_cuda_graphed_stages_refuse_a_backward_whose_activations_were_replayed_o
     assert all(p.grad is not None for p in graphed.encoder.wave_stages.parameters())
 
 
+@pytest.mark.gpu
+def test_cuda_out_of_memory_inside_a_capture_reaches_the_trainer_and_the_next_step_captures():
+    """The trainer backs off on torch.cuda.OutOfMemoryError (smaller micro-batches): one raised inside the capture
+    must arrive as itself, with no capture left open, and the retry must capture and train."""
+    preset, _, graphed = eager_and_graphed(device="cuda")
+    batch = synthetic_batch(preset, 2, modality="mri", seed=0).to("cuda")
+    stages = graphed.encoder.graphed_wave_stages
+    function = stages.function
+
+    def out_of_memory_in_capture(*inputs):
+        if torch.cuda.is_current_stream_capturing():
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (raised inside the capture by the test)")
+        return function(*inputs)
+
+    stages.function = out_of_memory_in_capture
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="inside the capture"):
+        graphed(batch)
+    assert not torch.cuda.is_current_stream_capturing() and stages._captured is None
+    stages.function = function
+    graphed.zero_grad(set_to_none=True)
+    graphed(synthetic_batch(preset, 1, modality="mri", seed=1).to("cuda"))["loss"].backward()
+    assert all(p.grad is not None for p in graphed.encoder.wave_stages.parameters())
+
+
 def wave_stage_inputs(preset, n: int):
     """What the WaveFormer stages take: the last sparse stage's map and each WaveFormer stage's hidden mask."""
     first, size = preset.sparse_stages, preset.input_size
@@ -137,3 +174,40 @@ def test_graphed_stages_run_eagerly_under_a_dispatch_mode_so_flops_are_counted()
     preset, eager, graphed = eager_and_graphed()
     batch = synthetic_batch(preset, 1, modality="mri", seed=0)
     assert count_step_flops(graphed, batch).dense == count_step_flops(eager, batch).dense > 0
+
+
+def _ddp_rank(rank: int, world: int, store_file: str) -> None:
+    """One DDP rank on cuda:0 (gloo: two ranks may share a GPU), graphed and eager models side by side."""
+    import torch.distributed as dist
+
+    from rsna_phase0.training.distributed import wrap_ddp
+
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
+    try:
+        preset, eager, graphed = eager_and_graphed(device="cuda")
+        grads = []
+        for model in (eager, graphed):
+            ddp = wrap_ddp(model, torch.device("cuda"))
+            for step in range(2):  # the capture, then a replay
+                model.zero_grad(set_to_none=True)
+                batch = synthetic_batch(preset, 1, modality="mri", seed=10 * step + rank).to("cuda")
+                ddp(batch, touch_idle=True)["loss"].backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        _close_to(grads[1], grads[0], 1e-4)
+        # the ranks saw different batches: equal gradients on both mean the graphed ones were all-reduced
+        for grad in grads[1].values():
+            other = grad.clone()
+            dist.broadcast(other, src=0)
+            assert torch.equal(other, grad)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+def test_cuda_graphed_stages_under_ddp_reduce_like_eager_stages(tmp_path):
+    """The trainer's DDP wrapper (bucket views, every parameter in every backward) over graphed stages: two ranks,
+    the gradients after the all-reduce those of the eager stages."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_rank, args=(2, str(tmp_path / "store")), nprocs=2, join=True)

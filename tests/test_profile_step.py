@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from mae_peer import MAE3D, parameter_count
+from profile_step import Row, parse_variant, preset_of
 from profile_summary import target_lines
 from profile_trace import REPO, leaf_ops, sync_warnings, trace_stats, union_us
 
@@ -116,6 +117,24 @@ def test_targets_read_the_matching_rows():
     assert "ours / peer (1000 views/s): 1.15x  met" in text
     assert "background inactive: 0.80x  met" in text
     assert "background computed: missing" in text  # its oracle row failed
+
+
+def test_variants_add_and_take_out_speedups_and_the_peer_ignores_them():
+    """`-graph` takes the CUDA graphs out of the defaults, so `opt-graph+compile` is a valid preset; the peer's
+    compiled row once failed because its preset had been given ours' speed-ups (compile_dense with the graphs)."""
+    from rsna_phase0.presets import STEP_SPEEDUPS
+
+    assert parse_variant("opt-graph+onepass") == ("opt", {"onepass"}, {"graph"})
+    assert preset_of(Row("ours", "smoke", 1, "none", "opt")).speedups == STEP_SPEEDUPS
+    compiled = preset_of(Row("ours", "smoke", 1, "none", "opt-graph+compile")).speedups
+    assert "compile_dense" in compiled and "graph_wave_stages" not in compiled
+    assert preset_of(Row("ours", "smoke", 1, "none", "main+graph")).speedups == ("graph_wave_stages",)
+    assert preset_of(Row("mae_peer", "smoke", 1, "none", "opt+compile")).speedups == ()
+    with pytest.raises(ValueError, match="compile_dense and graph_wave_stages"):
+        preset_of(Row("ours", "smoke", 1, "none", "opt+compile"))
+    for bad in ("fast", "opt+warp", "opt+graph-graph"):
+        with pytest.raises(ValueError, match="write main or opt"):
+            parse_variant(bad)
 
 
 def test_mae_peer_has_the_users_size_and_trains_every_parameter():

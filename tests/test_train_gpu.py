@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -11,7 +10,6 @@ import pytest
 import torch
 from train_helpers import TORCHRUN_TWO_PROCESSES, TRAIN_MODULE, smoke_train_args
 
-from rsna_phase0.presets import STEP_SPEEDUPS
 from rsna_phase0.training.checkpoint import load_checkpoint
 from rsna_phase0.training.metrics import read_metrics
 
@@ -45,12 +43,12 @@ def test_cuda_run_with_amp_resumes(train_data, tmp_path, amp, expected):
 
 
 def test_cuda_run_with_graphed_wave_stages_and_loader_workers(train_data, tmp_path):
-    """CUDA graphs captured at step 1 while the loader's workers and pin-memory thread are running."""
+    """CUDA graphs (a default speed-up) captured at step 1 while the loader's workers and pin-memory thread run."""
     out = tmp_path / "graphed"
-    speedups = json.dumps([*STEP_SPEEDUPS, "graph_wave_stages"])
-    settings = ("--set", f"speedups={speedups}", "--set", "num_workers=2", "--max-steps", "6")
+    settings = ("--set", "num_workers=2", "--max-steps", "6")
     done = run(TRAIN_MODULE + train_args(train_data, out, *settings))
     assert done.returncode == 0, done.stderr[-4000:]
+    assert "WaveFormer stages in training steps: replayed from CUDA graphs" in done.stderr
     records = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["step"] for r in records] == list(range(1, 7))
     assert all(r["loss"] is not None for r in records)

@@ -10,7 +10,8 @@ Rules the caller keeps (each checked, with an error that says so, where a check 
 - training forwards with grad enabled are replayed; evaluation forwards (eval() or no_grad) run eagerly, and so do
   forwards under a dispatch mode (the trainer's FLOP count, benchmarks' operator counts), which must see the
   operators a replay would hide;
-- CUDA inputs only;
+- CUDA only: on any other device the function runs eagerly (the same function; CUDA graphs exist only there),
+  which is what the default speed-ups mean on a CPU; the trainer's report says which way its stages run;
 - one replay per backward: a second forward of the same signature before the first one's backward overwrites the
   activations that backward needs, so that backward raises instead of returning wrong gradients;
 - parameters stay where they are (an optimizer's in-place update is fine; moving the model after the first step is
@@ -25,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 WARMUP_ITERS = 3  # eager forward + backward passes before capture, on a side stream (cuBLAS / cuDNN set-up)
@@ -39,14 +41,37 @@ def signature(inputs: tuple[torch.Tensor, ...]) -> tuple:
     return (*((tuple(x.shape), x.dtype, x.device, x.requires_grad) for x in inputs), cuda_autocast_state())
 
 
+class _Call(nn.Module):
+    """`function` as the forward of a module holding `module` (for torch.func.functional_call); never registered
+    anywhere, so parameter names stay the caller's."""
+
+    def __init__(self, module: nn.Module, function: Callable) -> None:
+        super().__init__()
+        self.module, self.function = module, function
+
+    def forward(self, *inputs: torch.Tensor):
+        return self.function(*inputs)
+
+
 class _Captured:
     """The forward and backward graphs of `function` at one input signature, with their static buffers."""
 
-    def __init__(self, function: Callable, params: tuple[nn.Parameter, ...], inputs: tuple[torch.Tensor, ...]):
-        self.params = params
+    def __init__(self, module: nn.Module, function: Callable, inputs: tuple[torch.Tensor, ...]):
+        named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+        self.params = tuple(p for _, p in named)
+        # the captured passes differentiate detached aliases of the parameters (the same storage, so optimizer
+        # steps show), never the parameters themselves: their gradient hooks (DDP's all-reduce) must fire in the
+        # real backward only, and under DDP one firing inside the capture broke it ("operation would make the
+        # legacy stream depend on a capturing blocking stream")
+        aliases = {f"module.{name}": p.detach().requires_grad_() for name, p in named}
+        call = _Call(module, function)
+
+        def run(*xs: torch.Tensor):
+            return functional_call(call, aliases, xs)
+
         self.inputs_need_grad = tuple(x.requires_grad for x in inputs)
         self.static_inputs = tuple(x.detach().clone().requires_grad_(x.requires_grad) for x in inputs)
-        differentiable = [x for x in self.static_inputs if x.requires_grad] + list(params)
+        differentiable = [x for x in self.static_inputs if x.requires_grad] + list(aliases.values())
         # the autocast the caller runs under, without its weight-cast cache (a cached cast would be captured as a
         # tensor of the first step's weights)
         enabled, dtype = cuda_autocast_state()
@@ -58,14 +83,14 @@ class _Captured:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), autocast():
             for _ in range(WARMUP_ITERS):
-                outputs = function(*self.static_inputs)
+                outputs = run(*self.static_inputs)
                 grad_outputs = [torch.ones_like(o) for o in outputs]
                 torch.autograd.grad(outputs, differentiable, grad_outputs, allow_unused=True)
         torch.cuda.current_stream().wait_stream(side)
         # thread_local: the DataLoader's pin-memory thread keeps calling CUDA while this thread captures
         self.forward_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.forward_graph, capture_error_mode="thread_local"), autocast():
-            self.static_outputs = tuple(function(*self.static_inputs))
+            self.static_outputs = tuple(run(*self.static_inputs))
         self.static_grad_outputs = tuple(torch.zeros_like(o) for o in self.static_outputs)
         self.backward_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.backward_graph, pool=self.forward_graph.pool(), capture_error_mode="thread_local"):
@@ -122,20 +147,19 @@ class GraphedFunction:
         self._captured: _Captured | None = None
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if not (self.module.training and torch.is_grad_enabled()) or _get_current_dispatch_mode() is not None:
+        if not self.replays(inputs):
             return tuple(self.function(*inputs))
-        if not all(x.is_cuda for x in inputs):
-            raise RuntimeError(
-                "graph_wave_stages replays CUDA graphs and needs the model on a CUDA device; "
-                "remove it from the preset's speedups (--set speedups=...) to train on the CPU"
-            )
         key = signature(inputs)
         if key != self._key:
             self.release()
-            params = tuple(p for p in self.module.parameters() if p.requires_grad)
-            self._captured, self._key = _Captured(self.function, params, inputs), key
+            self._captured, self._key = _Captured(self.module, self.function, inputs), key
         captured = self._captured
         return _Replay.apply(captured, *inputs, *captured.params)
+
+    def replays(self, inputs: tuple[torch.Tensor, ...]) -> bool:
+        """Whether this call replays graphs: a training forward, on CUDA, outside any dispatch mode."""
+        training = self.module.training and torch.is_grad_enabled()
+        return training and all(x.is_cuda for x in inputs) and _get_current_dispatch_mode() is None
 
     def release(self) -> None:
         """Free the captured graphs and their memory pool (the next training forward captures anew)."""

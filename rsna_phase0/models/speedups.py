@@ -24,7 +24,7 @@ checkpoints and exports do not depend on the choice.
   step at batch 4 on an H200, the largest kernel of the step). Gradients equal up to the order of float additions.
 - `compile_dense` (not on by default): torch.compile (nn.Module.compile, so parameter names stay) of the WaveFormer
   blocks, the decoder and the loss (in its patch-space form): the dense parts between the MinkowskiEngine stages,
-  which stay eager.
+  which stay eager. It replaces `graph_wave_stages` in the list (both claim the WaveFormer stages).
 
 - `one_sparse_pass` (not on by default): the sparse stages run once over the global and local views together
   instead of once per MiM level, which halves MinkowskiEngine's host synchronisations (it synchronises inside
@@ -38,14 +38,14 @@ checkpoints and exports do not depend on the choice.
   views x 32 channels x 64^3 voxels, several times over. Peak memory of the kaggle step on an H200: 8.16 -> 6.21 GiB
   at batch 4 (the same speed within noise), 16.3 -> 11.9 GiB at batch 8 fp16 (then under a 16 GB T4's 15 GiB)
   and 7-10% faster there. The same function up to rounding (the convolution after it rounded its input anyway).
-- `graph_wave_stages` (not on by default): the WaveFormer stages' forward and backward in training steps replayed
-  from CUDA graphs (models/cuda_graphs.py), captured at the first step of each batch shape: the kaggle step at
-  batch 4 is host-bound on an H200 (~3,950 host operators, the GPU 46-58% busy) and these stages are ~40% of its
-  operators, none of them synchronising the host. The same kernels on the same data (with TF32 off, graphed and
-  eager gradients agree to 1e-7 of the largest, as two eager runs do). CUDA only. On an H200 (kaggle, batch 4,
-  two runs): host operators 3,948 -> 2,342, fp16 72.6-72.9 -> 66.2-66.5 ms, bf16 the same within noise, GPU busy
-  46-58% -> 61-75%, peak memory 6.21 -> 4.60 GiB; with `one_sparse_pass` too, 80% busy in bf16. Not on by default
-  until a T4 and a two-GPU (DDP) run have been measured with it.
+- `graph_wave_stages`: the WaveFormer stages' forward and backward in training steps replayed from CUDA graphs
+  (models/cuda_graphs.py), captured at the first step of each batch shape: the kaggle step at batch 4 is host-bound
+  on an H200 (~3,950 host operators, the GPU 46-58% busy) and these stages are ~40% of its operators, none of them
+  synchronising the host. The same kernels on the same data (with TF32 off, graphed and eager gradients agree to
+  1e-7 of the largest, as two eager runs do). CUDA only: on a CPU the stages run eagerly, the same function (the
+  train report names which). On an H200 (kaggle, batch 4, two runs): host operators 3,948 -> 2,342, fp16
+  72.6-72.9 -> 66.2-66.5 ms, bf16 the same within noise, GPU busy 46-58% -> 61-75%, peak memory 6.21 -> 4.60 GiB;
+  with `one_sparse_pass` too, 80% busy in bf16. Not together with `compile_dense` (both claim these stages).
 
 Measured and left out: the decoder's transposed convolutions (kernel 2, stride 2) as one batched GEMM and a copy
 that interleaves the 2^3 blocks, in place of cuDNN's kernels: the same speed within run-to-run noise (kaggle batch

@@ -23,6 +23,7 @@ import torch
 
 from rsna_phase0.data.errors import VolumeError
 from rsna_phase0.models.losses import DIAGNOSTICS, LOSS_TERMS
+from rsna_phase0.models.speedups import GRAPH_WAVE_STAGES
 from rsna_phase0.training import checkpoint as ckpt
 from rsna_phase0.training import faults
 from rsna_phase0.training.amp import autocast, make_scaler, resolve_amp
@@ -304,6 +305,10 @@ class Trainer:
         self.amp = resolve_amp(self.settings.amp, self.device)
         params = sum(p.numel() for p in self.model.parameters())
         self.report.add("model", f"Pretrainer {params / 1e6:.2f} M parameters, AMP {self.amp.name}")
+        if GRAPH_WAVE_STAGES in self.preset.speedups:
+            graphs = self.device.type == "cuda"
+            how = "replayed from CUDA graphs" if graphs else f"eager (CUDA graphs need CUDA, this is {self.device})"
+            self.report.add("", f"WaveFormer stages in training steps: {how} (speed-up graph_wave_stages)")
 
     def _smoke_batches(self) -> dict:
         """The first plan batch of each modality present (read-only: the plan is a pure function of the seed)."""
