@@ -86,6 +86,9 @@ class _Captured:
                 outputs = run(*self.static_inputs)
                 grad_outputs = [torch.ones_like(o) for o in outputs]
                 torch.autograd.grad(outputs, differentiable, grad_outputs, allow_unused=True)
+            # the last warm-up graph would keep its gradient accumulators, made on the side stream, alive into the
+            # capture: torch 2.11 then warned of a stream mismatch in the backward capture (an extra synchronisation)
+            del outputs, grad_outputs
         torch.cuda.current_stream().wait_stream(side)
         # thread_local: the DataLoader's pin-memory thread keeps calling CUDA while this thread captures
         self.forward_graph = torch.cuda.CUDAGraph()
