@@ -166,11 +166,11 @@ def preset_of(row: Row, overrides: dict | None = None):
     from rsna_phase0.presets import STEP_SPEEDUPS, get_preset
 
     base, added, removed = parse_variant(row.variant)
-    if row.model == "mae_peer":  # the preset gives the peer its sizes only; its variant says whether it compiles
-        base, added, removed = "main", set(), set()
     taken_out = {VARIANT_CHANGES[name] for name in removed}
     speedups = tuple(s for s in (() if base == "main" else STEP_SPEEDUPS) if s not in taken_out)
     speedups += tuple(VARIANT_CHANGES[name] for name in sorted(added) if VARIANT_CHANGES[name] not in speedups)
+    if row.model == "mae_peer":  # the preset gives the peer its sizes only; its variant says whether it compiles
+        speedups = ()
     preset = get_preset(row.preset, batch_size=row.batch, speedups=speedups, **(overrides or {}))
     if row.background == "computed":
         preset = preset.with_overrides(background_threshold=None)

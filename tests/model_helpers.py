@@ -14,6 +14,11 @@ def tiny_preset(**overrides):
     return get_preset("smoke", **overrides)
 
 
+def without_graphs(speedups: tuple[str, ...]) -> tuple[str, ...]:
+    """The speed-ups with the WaveFormer stages eager (graph_wave_stages is a default; compile_dense refuses it)."""
+    return tuple(s for s in speedups if s != "graph_wave_stages")
+
+
 def patch_masks(batch: int, grid: int, ratio: float, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     return torch.from_numpy(np.stack([random_patch_mask(grid, ratio, rng) for _ in range(batch)]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import without_graphs
 
 from rsna_phase0.models.blob_batch import synthetic_batch
 from rsna_phase0.models.pretrainer import Pretrainer
@@ -18,7 +19,7 @@ def eager_and_graphed(preset_name: str = "smoke", device: str = "cpu"):
     assert GRAPHED in preset.speedups  # on by default
     torch.manual_seed(0)
     graphed = Pretrainer(preset).to(device)
-    eager = Pretrainer(preset.with_overrides(speedups=tuple(s for s in preset.speedups if s != GRAPHED))).to(device)
+    eager = Pretrainer(preset.with_overrides(speedups=without_graphs(preset.speedups))).to(device)
     eager.load_state_dict(graphed.state_dict())
     return preset, eager, graphed
 

@@ -100,8 +100,8 @@ class _Captured:
             self.static_grads = torch.autograd.grad(
                 self.static_outputs, differentiable, self.static_grad_outputs, allow_unused=True
             )
-        # the captured autograd graph is spent: dropping it frees the parameters' gradient accumulators made on the
-        # capture stream (autograd would otherwise keep using them, on that stream, in every later backward)
+        # the captured autograd graph is spent (the backward graph holds what it needs): dropping it frees it and the
+        # aliases' gradient accumulators made on the capture stream
         self.static_outputs = tuple(o.detach() for o in self.static_outputs)
         self.replays = 0  # forward replays so far: a backward checks that its forward's activations are still there
 
@@ -150,7 +150,7 @@ class GraphedFunction:
         self._captured: _Captured | None = None
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if not self.replays(inputs):
+        if not self.will_replay(inputs):
             return tuple(self.function(*inputs))
         key = signature(inputs)
         if key != self._key:
@@ -159,7 +159,7 @@ class GraphedFunction:
         captured = self._captured
         return _Replay.apply(captured, *inputs, *captured.params)
 
-    def replays(self, inputs: tuple[torch.Tensor, ...]) -> bool:
+    def will_replay(self, inputs: tuple[torch.Tensor, ...]) -> bool:
         """Whether this call replays graphs: a training forward, on CUDA, outside any dispatch mode."""
         training = self.module.training and torch.is_grad_enabled()
         return training and all(x.is_cuda for x in inputs) and _get_current_dispatch_mode() is None

@@ -306,8 +306,8 @@ class Trainer:
         params = sum(p.numel() for p in self.model.parameters())
         self.report.add("model", f"Pretrainer {params / 1e6:.2f} M parameters, AMP {self.amp.name}")
         if GRAPH_WAVE_STAGES in self.preset.speedups:
-            graphs = self.device.type == "cuda"
-            how = "replayed from CUDA graphs" if graphs else f"eager (CUDA graphs need CUDA, this is {self.device})"
+            cuda = self.device.type == "cuda"
+            how = "replayed from CUDA graphs" if cuda else f"eager (CUDA graphs need CUDA, this is {self.device})"
             self.report.add("", f"WaveFormer stages in training steps: {how} (speed-up graph_wave_stages)")
 
     def _smoke_batches(self) -> dict:
