@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Issue 18's figures in one GPU run, about 4.5 minutes on an H200: first the GPU tests of the speed-ups and of
-# the model (tests/test_model_speedups.py, tests/test_cuda_graphs.py, tests/test_model_gpu.py; about a minute),
+# the model (tests/test_model_speedups.py, tests/test_cuda_graphs.py, tests/test_model_gpu.py,
+# tests/test_model_leakage.py; about a minute),
 # then the issue18 plan of benchmarks/profile_step.py. Its rows, most important first (a budget cut drops the
 # tail, never a finished row):
 # kaggle before (`main`, the step as it was) and after (`opt`, the default speed-ups) at batch 4 and 8, bf16 and
 # fp16 with GradScaler; the MAE peer on the same views; MinkowskiEngine against the masked-dense oracle at mask
-# 0.6, background computed and inactive (both with eager WaveFormer stages); `opt` without the CUDA graphs; one
-# sparse pass; torch.compile of the dense parts (ours in place of the graphs, and the peer's); batch 32 and the
-# peer at 160 views.
+# 0.6, background computed and inactive (both with eager WaveFormer stages); `opt` without the CUDA graphs; a
+# sparse pass per MiM level (`opt-onepass`, the default before); torch.compile of the dense parts (ours in place
+# of the graphs, and the peer's); batch 32 and the peer at 160 views.
 #
 #   OUT=DIR bash benchmarks/gpu_issue18.sh            # the full plan
 #   OUT=DIR bash benchmarks/gpu_issue18.sh --quick    # about a minute: batch 4 only, no compile
@@ -57,7 +58,7 @@ cat "$OUT/env.txt"
 if [[ "${GPU_TESTS:-1}" == "1" && "${DEVICE:-cuda}" != "cpu" ]]; then
     # shellcheck disable=SC2086  (GPU_TEST_PATHS is a list of paths)
     if timeout "${GPU_TESTS_TIMEOUT_S:-120}" "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider \
-        ${GPU_TEST_PATHS:-tests/test_model_speedups.py tests/test_cuda_graphs.py tests/test_model_gpu.py} \
+        ${GPU_TEST_PATHS:-tests/test_model_speedups.py tests/test_cuda_graphs.py tests/test_model_gpu.py tests/test_model_leakage.py} \
         >"$OUT/gpu_tests.txt" 2>&1; then
         echo "GPU tests passed"
     else

@@ -11,9 +11,9 @@ CPU check of the script (GPU fields null; host operators and sync-prone operator
 A row is one model, preset, batch (regions), autocast, variant and encoder:
 - variant `main`: the step as before issue 18 (`Preset.speedups = ()`, AdamW unfused); `opt`: the preset's
   speed-ups (rsna_phase0/models/speedups.py) and, on CUDA, AdamW(fused=True) as the trainer does; `+name` adds an
-  optional one, `-name` takes a default one out: `+onepass` one MinkowskiEngine pass over both MiM levels,
-  `-graph` the WaveFormer stages eager instead of from CUDA graphs, `-graph+compile` torch.compile of the dense
-  parts in their place;
+  optional one, `-name` takes a default one out: `-onepass` one MinkowskiEngine pass per MiM level instead of one
+  over both, `-graph` the WaveFormer stages eager instead of from CUDA graphs, `-graph+compile` torch.compile of
+  the dense parts in their place;
 - encoder `sparse` (MinkowskiEngine) or `masked_dense` (rsna_phase0/models/masked_dense_oracle.py: DenseEncoder(mask=...),
   the same weights); optional `mask` (every view re-masked at that ratio) and `background` (`computed`: no
   background threshold, `inactive`: the preset's);
@@ -112,7 +112,7 @@ def issue18_plan(quick: bool, preset: str = "kaggle") -> list[Row]:
         + [peer(8, "bf16"), peer(8, "fp16")]
         + oracle
         + without_graphs
-        + [ours(4, amp, "opt+onepass") for amp in ("bf16", "fp16")]
+        + [ours(4, amp, "opt-onepass") for amp in ("bf16", "fp16")]
         + [ours(4, amp, "opt-graph", encoder="masked_dense") for amp in ("bf16", "fp16")]
         + [ours(4, "bf16", "opt-graph+compile"), peer(4, "bf16", "opt+compile")]
         + [ours(32, "bf16", "opt"), peer(32, "bf16")]

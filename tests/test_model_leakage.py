@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from model_helpers import patch_masks, tiny_preset
 
@@ -79,19 +80,32 @@ def test_loss_target_is_per_patch_normalised_input():
     assert masked_patch_mse(normalised_target(image, 8), image, mask, 8) < 1e-10
 
 
-def check_local_views_cannot_change_the_global_view() -> None:
-    """MiM levels share one batch: the global view's encoder features, decoder output and loss must not depend on
-    the local views' content (which is, by design, mostly what the global view hides), in training mode."""
+def local_views_swapped(preset, batch_size: int, device: str = "cpu"):
+    """A synthetic batch, and the same one with other local-view content under the same masks."""
     from rsna_phase0.models.blob_batch import synthetic_batch
+
+    batch = synthetic_batch(preset, batch_size, modality="mri", seed=4)
+    changed = synthetic_batch(preset, batch_size, modality="mri", seed=4)
+    changed.local_image = synthetic_batch(preset, batch_size, modality="mri", seed=99).local_image
+    assert not torch.equal(changed.local_image, batch.local_image)
+    return batch.to(device), changed.to(device)
+
+
+def with_sparse_pass(preset, one_pass: bool):
+    others = tuple(s for s in preset.speedups if s != "one_sparse_pass")
+    return preset.with_overrides(speedups=others + (("one_sparse_pass",) if one_pass else ()))
+
+
+def check_local_views_cannot_change_the_global_view(one_pass: bool) -> None:
+    """MiM levels share one batch: the global view's encoder features, decoder output and loss must not depend on
+    the local views' content (which is, by design, mostly what the global view hides), in training mode; with the
+    sparse stages run once per level or once over both (`one_sparse_pass`)."""
     from rsna_phase0.models.pretrainer import Pretrainer
 
     torch.manual_seed(0)
-    preset = tiny_preset()
+    preset = with_sparse_pass(tiny_preset(), one_pass)
     model = Pretrainer(preset).train()
-    batch = synthetic_batch(preset, 2, modality="mri", seed=4)
-    changed = synthetic_batch(preset, 2, modality="mri", seed=4)
-    changed.local_image = synthetic_batch(preset, 2, modality="mri", seed=99).local_image  # other content, same masks
-    assert not torch.equal(changed.local_image, batch.local_image)
+    batch, changed = local_views_swapped(preset, 2)
     b = batch.batch_size
     first, second = model.encode(batch), model.encode(changed)
     for i, (a, c) in enumerate(zip(first.maps, second.maps, strict=True)):
@@ -100,10 +114,38 @@ def check_local_views_cannot_change_the_global_view() -> None:
     assert torch.equal(model(batch)["recon_global"], model(changed)["recon_global"])
 
 
-def test_local_view_content_leaves_the_global_view_bit_identical():
-    code = "import test_model_leakage as t\nt.check_local_views_cannot_change_the_global_view()\nprint('ok')"
+@pytest.mark.parametrize("one_pass", [False, True], ids=["pass-per-level", "one-sparse-pass"])
+def test_local_view_content_leaves_the_global_view_bit_identical(one_pass):
+    code = f"import test_model_leakage as t\nt.check_local_views_cannot_change_the_global_view({one_pass})\nprint('ok')"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0 and "ok" in result.stdout, result.stdout + result.stderr
+
+
+def relative_change(a: list[torch.Tensor], b: list[torch.Tensor], rows: int) -> float:
+    return max(((x[:rows] - y[:rows]).abs().max() / x[:rows].abs().max()).item() for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("one_pass", [False, True], ids=["pass-per-level", "one-sparse-pass"])
+def test_on_cuda_local_view_content_moves_the_global_view_no_more_than_rerunning_it(one_pass):
+    """CUDA is not bit-reproducible (on an H200 the same batch twice differs by ~1e-4 of the largest feature, per
+    level or in one pass), so on a GPU the guarantee is that the local views' content moves the global view's
+    features by no more than that noise (bounded at 1e-3); a real leak (statistics over the batch, a kernel map
+    joining samples) moves them by O(1)."""
+    from rsna_phase0.models.pretrainer import Pretrainer
+    from rsna_phase0.presets import get_preset
+
+    torch.manual_seed(0)
+    preset = with_sparse_pass(get_preset("kaggle"), one_pass)
+    model = Pretrainer(preset).cuda().train()
+    batch, changed = local_views_swapped(preset, 4, "cuda")
+    b = batch.batch_size
+    with torch.no_grad():
+        first, again, other = (model.encode(x).maps for x in (batch, batch, changed))
+    rerun, moved = relative_change(first, again, b), relative_change(first, other, b)
+    assert moved < 1e-3, f"the global view moved by {moved:.2e} of its largest feature (rerun: {rerun:.2e})"
+    assert relative_change([m[b:] for m in first], [m[b:] for m in other], b) > 0.1  # the local views did change

@@ -129,6 +129,8 @@ def test_variants_add_and_take_out_speedups_and_the_peer_ignores_them():
     compiled = preset_of(Row("ours", "smoke", 1, "none", "opt-graph+compile")).speedups
     assert "compile_dense" in compiled and "graph_wave_stages" not in compiled
     assert preset_of(Row("ours", "smoke", 1, "none", "main+graph")).speedups == ("graph_wave_stages",)
+    per_level = preset_of(Row("ours", "smoke", 1, "none", "opt-onepass")).speedups
+    assert per_level == tuple(s for s in STEP_SPEEDUPS if s != "one_sparse_pass")
     assert preset_of(Row("mae_peer", "smoke", 1, "none", "opt+compile")).speedups == ()
     with pytest.raises(ValueError, match="compile_dense and graph_wave_stages"):
         preset_of(Row("ours", "smoke", 1, "none", "opt+compile"))
@@ -181,8 +183,9 @@ def test_profile_step_runs_on_the_cpu_and_writes_every_field(tmp_path):
         assert row["step_ms"] > 0 and row["views"] == 3 and row["host_ops_per_step"] > 0
         assert row["gpu_busy_pct"] is None and row["kernels_per_step"] is None and row["torch_syncs"] is None
     main, opt = rows["ours smoke B1 none main sparse"], rows["ours smoke B1 none opt sparse"]
-    # the step as it was: ptwt's 8 filter tensors per Haar block + 4 nonzero; now the nonzero alone
-    assert main["sync_prone_ops"]["in_model"] == 12 and opt["sync_prone_ops"]["in_model"] == 4
+    # the step as it was: ptwt's 8 filter tensors per Haar block + a nonzero per sparse stage (2) and MiM level (2);
+    # now the nonzero alone, once per sparse stage (one sparse pass over both levels)
+    assert main["sync_prone_ops"]["in_model"] == 12 and opt["sync_prone_ops"]["in_model"] == 2
     assert opt["host_ops_per_step"] < main["host_ops_per_step"]
     assert "Targets (issue 18):" in summary.read_text()
 

@@ -2,8 +2,8 @@
 
 One forward takes a MiMBatch (rsna_phase0/batch.py), already masked in input space by rsna_phase0/mim_masking.py:
 the global views and the local views of each region go through the encoder together (every normalisation is per
-sample, and the sparse stages run one MinkowskiEngine pass per level, so no view's output depends on another
-view's content, to the last bit), are densified and decoded, and give
+sample and a kernel map never joins two samples, so no view's output depends on another view's content; on a CPU
+to the last bit, tests/test_model_leakage.py), are densified and decoded, and give
   recon_global, recon_local: per-patch-normalised voxel MSE on the hidden, informative patches of each level
     (models/losses.py);
   align: cross-level alignment, local view (child) vs the global view's box (parent, detached);
@@ -91,7 +91,8 @@ class Pretrainer(nn.Module):
         return self.decoder(features.maps, features.masks, batch.modality)
 
     def encode(self, batch: MiMBatch):
-        """Encoder features of the global views (first B rows) and the local views, one sparse pass per level."""
+        """Encoder features of the global views (first B rows) and the local views: one sparse pass over both, or
+        one per level without `one_sparse_pass`."""
         images = torch.cat([batch.global_image, batch.local_image])
         masks = torch.cat([batch.global_mask, batch.local_mask])
         groups = None if ONE_SPARSE_PASS in self.preset.speedups else [batch.batch_size, batch.local_image.shape[0]]

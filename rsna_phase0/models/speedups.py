@@ -26,12 +26,14 @@ checkpoints and exports do not depend on the choice.
   blocks, the decoder and the loss (in its patch-space form): the dense parts between the MinkowskiEngine stages,
   which stay eager. It replaces `graph_wave_stages` in the list (both claim the WaveFormer stages).
 
-- `one_sparse_pass` (not on by default): the sparse stages run once over the global and local views together
-  instead of once per MiM level, which halves MinkowskiEngine's host synchronisations (it synchronises inside
-  every coordinate map, kernel map and convolution). The same function: normalisation is per sample and a kernel
-  map never joins two samples; but a convolution's GEMMs round by the total number of active voxels, so a level's
-  features then depend on the other level's content in their last bits, which tests/test_model_leakage.py forbids
-  for the default.
+- `one_sparse_pass`: the sparse stages run once over the global and local views together instead of once per MiM
+  level, which halves MinkowskiEngine's host synchronisations (it synchronises inside every coordinate map, kernel
+  map and convolution): on an H200 (kaggle, batch 4) 79-81 -> 33 a step, the GPU 68-70% -> 75-83% busy. The same
+  function: normalisation is per sample and a kernel map never joins two samples. On a CPU (one thread) a level's
+  features stay bit-identical whatever the other level holds, as with a pass per level
+  (tests/test_model_leakage.py runs both). On CUDA neither way is bit-reproducible: the same input twice already
+  differs by ~1e-4 of the largest feature (H200, per level or one pass), and another level's content moves a
+  level's features no further than that (a GPU test there).
 - `amp_dtype_group_norm`: the decoder's GroupNorm (one group per channel) normalises a half-precision map in its
   own dtype, its statistics still accumulated in float32 inside the kernel; CUDA autocast would run it on a float32
   copy and hand a float32 map to the GELU and the next convolution (which casts it back): at stride 1 that is 20
@@ -44,8 +46,8 @@ checkpoints and exports do not depend on the choice.
   synchronising the host. The same kernels on the same data (with TF32 off, graphed and eager gradients agree to
   1e-7 of the largest, as two eager runs do). CUDA only: on a CPU the stages run eagerly, the same function (the
   train report names which). On an H200 (kaggle, batch 4, two runs): host operators 3,948 -> 2,342, fp16
-  72.6-72.9 -> 66.2-66.5 ms, bf16 the same within noise, GPU busy 46-58% -> 61-75%, peak memory 6.21 -> 4.60 GiB;
-  with `one_sparse_pass` too, 80% busy in bf16. Not together with `compile_dense` (both claim these stages).
+  72.6-72.9 -> 66.2-66.5 ms, bf16 the same within noise, GPU busy 46-58% -> 61-75%, peak memory 6.21 -> 4.60 GiB.
+  Not together with `compile_dense` (both claim these stages).
 
 Measured and left out: the decoder's transposed convolutions (kernel 2, stride 2) as one batched GEMM and a copy
 that interleaves the 2^3 blocks, in place of cuDNN's kernels: the same speed within run-to-run noise (kaggle batch
