@@ -4,7 +4,7 @@ GPU, every figure issue 18's targets need in one run (benchmarks/gpu_issue18.sh 
     python benchmarks/profile_step.py --device cuda --plan issue18 --json OUT/profile.json --summary OUT/summary.txt
 Ad hoc rows (the product of the lists):
     python benchmarks/profile_step.py --device cuda --preset kaggle --batch-sizes 4 8 --amp bf16 fp16 \
-        --variants main opt opt-graph+compile --encoders sparse masked_dense --peer
+        --variants main opt opt-graph-decgraph+compile --encoders sparse masked_dense --peer
 CPU check of the script (GPU fields null; host operators and sync-prone operators still counted):
     python benchmarks/profile_step.py --device cpu --preset smoke --batch-sizes 1 --quick
 
@@ -12,16 +12,17 @@ A row is one model, preset, batch (regions), autocast, variant and encoder:
 - variant `main`: the step as before issue 18 (`Preset.speedups = ()`, AdamW unfused); `opt`: the preset's
   speed-ups (rsna_phase0/models/speedups.py) and, on CUDA, AdamW(fused=True) as the trainer does; `+name` adds an
   optional one, `-name` takes a default one out: `-onepass` one MinkowskiEngine pass per MiM level instead of one
-  over both, `-graph` the WaveFormer stages eager instead of from CUDA graphs, `-graph+compile` torch.compile of
-  the dense parts in their place;
+  over both, `-graph` the WaveFormer stages eager instead of from CUDA graphs, `-decgraph` the decoder and loss
+  eager instead of from CUDA graphs, `-graph-decgraph+compile` torch.compile of the dense parts in their place;
 - encoder `sparse` (MinkowskiEngine) or `masked_dense` (rsna_phase0/models/masked_dense_oracle.py: DenseEncoder(mask=...),
   the same weights); optional `mask` (every view re-masked at that ratio) and `background` (`computed`: no
   background threshold, `inactive`: the preset's);
 - model `mae_peer` (benchmarks/mae_peer.py) on the very same views: B regions x (1 + n_local) views per step.
 The step is the trainer's: forward and backward under autocast (fp16 with GradScaler), unscale, gradient clipping
 at 1.0, AdamW, and the loss read back once (the trainer logs every step). Figures per row: step ms, samples/s,
-views/s, peak GiB; from benchmarks/profile_trace.py GPU busy %, kernels and host synchronisations per step, the top
-kernels, and the sync-prone operators of one step by caller. Rows are written to --json as they finish.
+views/s, peak GiB (allocated, counted from before the warm-up so that CUDA graphs' captures count); from
+benchmarks/profile_trace.py GPU busy %, kernels and host synchronisations per step, the top kernels, and the
+sync-prone operators of one step by caller. Rows are written to --json as they finish.
 """
 
 from __future__ import annotations
@@ -46,8 +47,14 @@ from rsna_phase0.atomic import write_json_atomic, write_text_atomic
 
 VARIANT_BASES = ("main", "opt")
 # a variant's `+name` adds the speed-up, `-name` takes it out of opt's (rsna_phase0/presets.py STEP_SPEEDUPS and
-# OPTIONAL_SPEEDUPS): opt-graph+compile is the preset's speed-ups with torch.compile in place of the CUDA graphs
-VARIANT_CHANGES = {"compile": "compile_dense", "onepass": "one_sparse_pass", "graph": "graph_wave_stages"}
+# OPTIONAL_SPEEDUPS): opt-graph-decgraph+compile is the preset's speed-ups with torch.compile in place of the CUDA
+# graphs
+VARIANT_CHANGES = {
+    "compile": "compile_dense",
+    "onepass": "one_sparse_pass",
+    "graph": "graph_wave_stages",
+    "decgraph": "graph_decoder_loss",
+}
 _BATCHES: dict = {}  # synthetic batches on the host, by preset, batch and overrides
 
 
@@ -96,13 +103,15 @@ def issue18_plan(quick: bool, preset: str = "kaggle") -> list[Row]:
 
     before_after = [ours(4, amp, v) for amp in ("bf16", "fp16") for v in ("main", "opt")]
     peers = [peer(4, "bf16"), peer(4, "fp16")]
-    # the oracle's WaveFormer stages are eager, so both encoders run them eagerly: the ratio is the sparse part's
+    # the oracle's WaveFormer stages are eager, so both encoders run them eagerly (the decoder and loss graphed in
+    # both): the ratio is the sparse part's
     oracle = [
         ours(4, "bf16", "opt-graph", encoder=e, mask=0.6, background=bg)
         for bg in ("computed", "inactive")
         for e in ("sparse", "masked_dense")
     ]
-    without_graphs = [ours(4, amp, "opt-graph") for amp in ("bf16", "fp16")]
+    without_graphs = [ours(4, amp, v) for v in ("opt-decgraph", "opt-graph") for amp in ("bf16", "fp16")]
+    compiled = "opt-graph-decgraph+compile"
     if quick:
         return before_after + without_graphs + peers + oracle[2:]
     return (
@@ -114,9 +123,9 @@ def issue18_plan(quick: bool, preset: str = "kaggle") -> list[Row]:
         + without_graphs
         + [ours(4, amp, "opt-onepass") for amp in ("bf16", "fp16")]
         + [ours(4, amp, "opt-graph", encoder="masked_dense") for amp in ("bf16", "fp16")]
-        + [ours(4, "bf16", "opt-graph+compile"), peer(4, "bf16", "opt+compile")]
+        + [ours(4, "bf16", compiled), peer(4, "bf16", "opt+compile")]
         + [ours(32, "bf16", "opt"), peer(32, "bf16")]
-        + [ours(4, "fp16", "opt-graph+compile"), ours(8, "bf16", "opt-graph+compile")]
+        + [ours(4, "fp16", compiled), ours(8, "bf16", compiled)]
     )
 
 
@@ -251,14 +260,15 @@ def measure(row: Row, device: torch.device, settings) -> dict:
     fused = device.type == "cuda" and parse_variant(row.variant)[0] == "opt"
     step = training_step(model, loss_of, row.amp, device, fused)
     result = {"params_m": parameter_count(model) / 1e6, "views": views}
+    if device.type == "cuda":
+        # from before the warm-up: a CUDA graph's capture allocates as an eager step does, but its replays then
+        # write into its pool's freed blocks without allocating, so a peak taken after the captures misses them
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(settings.warmup + (settings.compile_warmup if "compile" in extras else 0)):
         step()
     sync(device)
     result["warmup_s"] = time.perf_counter() - start
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    sync(device)
     start = time.perf_counter()
     for _ in range(settings.steps):
         loss = step()

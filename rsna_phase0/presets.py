@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 SPARSE_CONV_MODES = ("default", "copy_gemm", "direct_gemm")
 # implementation choices of the training step that keep the model's function (rsna_phase0/models/speedups.py says
 # what each does); `speedups=()` runs the step as it was before them, so one benchmark run measures both.
-# graph_wave_stages acts on CUDA only (there are no CUDA graphs elsewhere); the train report says which way ran
+# graph_wave_stages and graph_decoder_loss act on CUDA only (there are no CUDA graphs elsewhere); the train report
+# says which way ran
 STEP_SPEEDUPS = (
     "hoisted_invariants",
     "token_layout",
@@ -29,9 +30,11 @@ STEP_SPEEDUPS = (
     "amp_dtype_group_norm",
     "graph_wave_stages",
     "one_sparse_pass",
+    "graph_decoder_loss",
 )
-# off unless asked for: torch.compile of the dense parts (instead of graph_wave_stages: both claim the WaveFormer
-# stages)
+GRAPH_SPEEDUPS = ("graph_wave_stages", "graph_decoder_loss")
+# off unless asked for: torch.compile of the dense parts (instead of the CUDA graphs: both claim the WaveFormer
+# stages, the decoder and the loss)
 OPTIONAL_SPEEDUPS = ("compile_dense",)
 # the users' three CT windows in HU (brain L40/W80, blood L80/W200, bone L600/W3000): what their pre-windowed
 # DeepLesion and RSNA CTA files hold, and the default for CT given in HU (one channel)
@@ -174,10 +177,12 @@ class Preset:
             raise ValueError(
                 f"preset {self.name}: unknown speedups {sorted(unknown)}; choose from {STEP_SPEEDUPS + OPTIONAL_SPEEDUPS}"
             )
-        if {"compile_dense", "graph_wave_stages"} <= set(self.speedups):
+        graphs = [name for name in GRAPH_SPEEDUPS if name in self.speedups]
+        if "compile_dense" in self.speedups and graphs:
             raise ValueError(
-                f"preset {self.name}: speedups compile_dense and graph_wave_stages both claim the WaveFormer stages; "
-                "list one of them (graph_wave_stages is in the default speedups: leave it out to compile)"
+                f"preset {self.name}: speedups compile_dense and {' and '.join(graphs)} claim the same dense parts "
+                f"(WaveFormer stages, decoder, loss); list compile_dense without {', '.join(GRAPH_SPEEDUPS)} (the CUDA "
+                "graphs are in the default speedups: leave them out to compile)"
             )
         for ratio in (self.global_mask_ratio, self.local_mask_ratio):
             if not 0.0 < ratio < 1.0:

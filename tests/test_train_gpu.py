@@ -43,12 +43,13 @@ def test_cuda_run_with_amp_resumes(train_data, tmp_path, amp, expected):
 
 
 def test_cuda_run_with_graphed_wave_stages_and_loader_workers(train_data, tmp_path):
-    """CUDA graphs (a default speed-up) captured at step 1 while the loader's workers and pin-memory thread run."""
+    """CUDA graphs (default speed-ups) captured at step 1 while the loader's workers and pin-memory thread run."""
     out = tmp_path / "graphed"
     settings = ("--set", "num_workers=2", "--max-steps", "6")
     done = run(TRAIN_MODULE + train_args(train_data, out, *settings))
     assert done.returncode == 0, done.stderr[-4000:]
     assert "WaveFormer stages in training steps: replayed from CUDA graphs" in done.stderr
+    assert "decoder and loss in training steps: replayed from CUDA graphs" in done.stderr
     records = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["step"] for r in records] == list(range(1, 7))
     assert all(r["loss"] is not None for r in records)

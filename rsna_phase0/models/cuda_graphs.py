@@ -1,10 +1,12 @@
-"""A stretch of the training step replayed as two CUDA graphs, forward and backward (speed-up `graph_wave_stages`).
+"""A stretch of the training step replayed as two CUDA graphs, forward and backward (speed-ups `graph_wave_stages`
+and `graph_decoder_loss`).
 
 At the kaggle preset's batch of 4 an H200 waits on the host: the step runs ~3,950 host operators (profiler count)
 and the GPU runs most of their kernels faster than Python launches them (46-58% busy). A CUDA graph launches a
-captured stretch of kernels in one call. The WaveFormer stages (~40% of the step's host operators, none of them
-host-synchronising, fixed shapes) are captured once per input signature and then replayed, their gradients handed
-back to autograd as any operator's would be.
+captured stretch of kernels in one call. The WaveFormer stages (~40% of the step's host operators), and the decoder
+with the loss, are such stretches (none of their operators host-synchronising, fixed shapes): each is captured once
+per input signature and then replayed, its gradients handed back to autograd as any operator's would be. Outputs
+that need no gradient (the loss's diagnostics) come back as non-differentiable tensors.
 
 Rules the caller keeps (each checked, with an error that says so, where a check is possible):
 - training forwards with grad enabled are replayed; evaluation forwards (eval() or no_grad) run eagerly, and so do
@@ -16,7 +18,7 @@ Rules the caller keeps (each checked, with an error that says so, where a check 
   activations that backward needs, so that backward raises instead of returning wrong gradients;
 - parameters stay where they are (an optimizer's in-place update is fine; moving the model after the first step is
   not): the graphs read them by address.
-One signature is held at a time: a new one (a short last batch, smaller micro-batches after an out-of-memory
+One signature is held at a time by each GraphedFunction (each has its own memory pool): a new one (a short last batch, smaller micro-batches after an out-of-memory
 back-off) frees the old graphs before capturing, so memory does not grow with the number of shapes seen.
 """
 
@@ -56,8 +58,10 @@ class _Call(nn.Module):
 class _Captured:
     """The forward and backward graphs of `function` at one input signature, with their static buffers."""
 
-    def __init__(self, module: nn.Module, function: Callable, inputs: tuple[torch.Tensor, ...]):
-        named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    def __init__(self, owner: GraphedFunction, inputs: tuple[torch.Tensor, ...]):
+        module, function, prefixes = owner.module, owner.function, owner.prefixes
+        self.speedup = owner.speedup
+        named = [(name, p) for name, p in module.named_parameters() if p.requires_grad and name.startswith(prefixes)]
         self.params = tuple(p for _, p in named)
         # the captured passes differentiate detached aliases of the parameters (the same storage, so optimizer
         # steps show), never the parameters themselves: their gradient hooks (DDP's all-reduce) must fire in the
@@ -83,7 +87,7 @@ class _Captured:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), autocast():
             for _ in range(WARMUP_ITERS):
-                outputs = run(*self.static_inputs)
+                outputs = [o for o in run(*self.static_inputs) if o.requires_grad]
                 grad_outputs = [torch.ones_like(o) for o in outputs]
                 torch.autograd.grad(outputs, differentiable, grad_outputs, allow_unused=True)
             # the last warm-up graph would keep its gradient accumulators, made on the side stream, alive into the
@@ -94,11 +98,13 @@ class _Captured:
         self.forward_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.forward_graph, capture_error_mode="thread_local"), autocast():
             self.static_outputs = tuple(run(*self.static_inputs))
-        self.static_grad_outputs = tuple(torch.zeros_like(o) for o in self.static_outputs)
+        self.outputs_differentiable = tuple(o.requires_grad for o in self.static_outputs)
+        differentiated = [o for o in self.static_outputs if o.requires_grad]
+        self.static_grad_outputs = tuple(torch.zeros_like(o) for o in differentiated)
         self.backward_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.backward_graph, pool=self.forward_graph.pool(), capture_error_mode="thread_local"):
             self.static_grads = torch.autograd.grad(
-                self.static_outputs, differentiable, self.static_grad_outputs, allow_unused=True
+                differentiated, differentiable, self.static_grad_outputs, allow_unused=True
             )
         # the captured autograd graph is spent (the backward graph holds what it needs): dropping it frees it and the
         # aliases' gradient accumulators made on the capture stream
@@ -116,7 +122,11 @@ class _Replay(torch.autograd.Function):
         captured.replays += 1
         ctx.captured, ctx.replay = captured, captured.replays
         # copies: a caller may keep the outputs past the next replay (the decoder saves them for its backward)
-        return tuple(o.clone() for o in captured.static_outputs)
+        outputs = tuple(o.clone() for o in captured.static_outputs)
+        ctx.mark_non_differentiable(
+            *(o for o, needs in zip(outputs, captured.outputs_differentiable, strict=True) if not needs)
+        )
+        return outputs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -124,11 +134,12 @@ class _Replay(torch.autograd.Function):
         captured = ctx.captured
         if ctx.replay != captured.replays:
             raise RuntimeError(
-                "graph_wave_stages: this backward's forward was replayed over by a later training forward of the "
-                "same shapes, so its saved activations are gone; run one forward per backward, or remove "
-                "graph_wave_stages from the preset's speedups"
+                f"{captured.speedup}: this backward's forward was replayed over by a later training forward of the "
+                f"same shapes, so its saved activations are gone; run one forward per backward, or remove "
+                f"{captured.speedup} from the preset's speedups"
             )
-        for static, grad in zip(captured.static_grad_outputs, grad_outputs, strict=True):
+        differentiated = (g for g, needs in zip(grad_outputs, captured.outputs_differentiable, strict=True) if needs)
+        for static, grad in zip(captured.static_grad_outputs, differentiated, strict=True):
             if grad is None:
                 static.zero_()
             else:
@@ -141,11 +152,12 @@ class _Replay(torch.autograd.Function):
 
 
 class GraphedFunction:
-    """`function(*tensors) -> tuple of tensors`, computed by `module`'s parameters, replayed from CUDA graphs in
-    training forwards (see the module docstring for the rules)."""
+    """`function(*tensors) -> tuple of tensors`, computed by those of `module`'s parameters whose names start with
+    one of `prefixes`, replayed from CUDA graphs in training forwards (see the module docstring for the rules);
+    `speedup` names the speed-up in errors."""
 
-    def __init__(self, module: nn.Module, function: Callable) -> None:
-        self.module, self.function = module, function
+    def __init__(self, module: nn.Module, function: Callable, speedup: str, prefixes: tuple[str, ...] = ("",)) -> None:
+        self.module, self.function, self.speedup, self.prefixes = module, function, speedup, prefixes
         self._key: tuple | None = None
         self._captured: _Captured | None = None
 
@@ -155,7 +167,7 @@ class GraphedFunction:
         key = signature(inputs)
         if key != self._key:
             self.release()
-            self._captured, self._key = _Captured(self.module, self.function, inputs), key
+            self._captured, self._key = _Captured(self, inputs), key
         captured = self._captured
         return _Replay.apply(captured, *inputs, *captured.params)
 

@@ -63,7 +63,7 @@ class SparseWaveEncoder(nn.Module):
         # not a module: parameter names (checkpoints, exports) stay those of wave_stages
         self.graphed_wave_stages = None
         if GRAPH_WAVE_STAGES in preset.speedups:
-            self.graphed_wave_stages = GraphedFunction(self.wave_stages, self._wave_stage_maps)
+            self.graphed_wave_stages = GraphedFunction(self.wave_stages, self._wave_stage_maps, GRAPH_WAVE_STAGES)
 
     def get_downsample_ratio(self) -> int:
         return 2 ** len(self.preset.stage_dims)

@@ -15,12 +15,15 @@ similarity of each child with its own parent and with the parents of other regio
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
 from rsna_phase0.batch import MiMBatch
+from rsna_phase0.models.cuda_graphs import GraphedFunction
 from rsna_phase0.models.decoder import SparkDecoder, decoder_widths
-from rsna_phase0.models.encoder import SparseWaveEncoder
+from rsna_phase0.models.encoder import EncoderFeatures, SparseWaveEncoder
 from rsna_phase0.models.feature_masks import mask_at_stride
 from rsna_phase0.models.losses import (  # noqa: F401  (LOSS_TERMS, DIAGNOSTICS: the keys forward() returns)
     DIAGNOSTICS,
@@ -35,10 +38,11 @@ from rsna_phase0.models.losses import (  # noqa: F401  (LOSS_TERMS, DIAGNOSTICS:
     reconstruction_in_patches,
     unpatchify,
 )
-from rsna_phase0.models.speedups import COMPILE_DENSE, ONE_SPARSE_PASS, PATCH_SPACE_LOSS
+from rsna_phase0.models.speedups import COMPILE_DENSE, GRAPH_DECODER_LOSS, ONE_SPARSE_PASS, PATCH_SPACE_LOSS
 from rsna_phase0.presets import Preset
 
 ALIGN_LEVEL = 1  # decoder map used for alignment: stride patch_size / 2
+OUTPUT_KEYS = LOSS_TERMS + DIAGNOSTICS  # what forward() returns, in the order a graphed decoder + loss returns it
 
 
 class AlignmentPredictor(nn.Module):
@@ -63,6 +67,15 @@ class Pretrainer(nn.Module):
         self.level_loss = reconstruction_in_patches if PATCH_SPACE_LOSS in preset.speedups else None
         if COMPILE_DENSE in preset.speedups:
             self.compile_dense_parts()
+        # one per modality (each head is its own), each holding its graphs; not modules, so parameter names stay
+        self.graphed_decode_losses = None
+        if GRAPH_DECODER_LOSS in preset.speedups:
+            self.graphed_decode_losses = {
+                modality: GraphedFunction(
+                    self, partial(self._decode_losses, modality), GRAPH_DECODER_LOSS, ("decoder.", "align_predictor.")
+                )
+                for modality in preset.modality_channels
+            }
 
     def compile_dense_parts(self) -> None:
         """torch.compile the WaveFormer blocks, the decoder's layers and the loss in place (nn.Module.compile keeps the
@@ -81,12 +94,15 @@ class Pretrainer(nn.Module):
             module.compile()
         self.level_loss = torch.compile(self.level_loss or reconstruction_in_patches)
 
-    def _run(self, batch: MiMBatch):
+    def _check(self, batch: MiMBatch) -> None:
         batch.validate(self.preset.channels(batch.modality))
         p = self.preset
         size = batch.global_image.shape[-1]
         if size != p.input_size or batch.local_image.shape[-1] != p.input_size:
             raise ValueError(f"views of {size}^3 voxels do not match preset {p.name} (input_size {p.input_size})")
+
+    def _run(self, batch: MiMBatch):
+        self._check(batch)
         features = self.encode(batch)
         return self.decoder(features.maps, features.masks, batch.modality)
 
@@ -102,10 +118,31 @@ class Pretrainer(nn.Module):
         """The loss terms and diagnostics. `touch_idle` adds 0 x the other modalities' stem and head parameters to
         the loss, so every parameter takes part in every backward (DDP without unused-parameter detection); their
         gradients are then zeros, not None (the trainer drops them again for a step that used no such batch)."""
-        out = self.losses(batch, self._run(batch))
+        self._check(batch)
+        out = self.decode_losses(batch, self.encode(batch))
         if touch_idle:
             out["loss"] = out["loss"] + sum(0.0 * p.sum() for p in self.idle_parameters(batch.modality))
         return out
+
+    def decode_losses(self, batch: MiMBatch, features: EncoderFeatures) -> dict[str, torch.Tensor]:
+        """Decoder and loss on the encoder's features: replayed from CUDA graphs with `graph_decoder_loss` (in
+        training forwards on CUDA; eagerly otherwise, the same function)."""
+        tensors = (*features.maps, *features.masks, batch.global_image, batch.global_mask, batch.local_image)
+        tensors += (batch.local_mask, batch.local_boxes)
+        if self.graphed_decode_losses is None:
+            values = self._decode_losses(batch.modality, *tensors)
+        else:
+            values = self.graphed_decode_losses[batch.modality](*tensors)
+        return dict(zip(OUTPUT_KEYS, values, strict=True))
+
+    def _decode_losses(self, modality: str, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`decode_losses` on plain tensors (what a CUDA graph captures): the stages' maps and masks, then the
+        batch's tensors in MiMBatch's field order."""
+        n = len(self.preset.stage_dims)
+        maps, masks, batch_tensors = list(tensors[:n]), list(tensors[n : 2 * n]), tensors[2 * n :]
+        batch = MiMBatch(modality, *batch_tensors)
+        out = self.losses(batch, self.decoder(maps, masks, modality))
+        return tuple(out[key] for key in OUTPUT_KEYS)
 
     def modality_parameters(self, modality: str) -> list[nn.Parameter]:
         """The parameters only `modality`'s batches use: its encoder stem and its decoder head."""

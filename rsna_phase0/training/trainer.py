@@ -23,7 +23,7 @@ import torch
 
 from rsna_phase0.data.errors import VolumeError
 from rsna_phase0.models.losses import DIAGNOSTICS, LOSS_TERMS
-from rsna_phase0.models.speedups import GRAPH_WAVE_STAGES
+from rsna_phase0.models.speedups import GRAPH_DECODER_LOSS, GRAPH_WAVE_STAGES
 from rsna_phase0.training import checkpoint as ckpt
 from rsna_phase0.training import faults
 from rsna_phase0.training.amp import autocast, make_scaler, resolve_amp
@@ -305,10 +305,11 @@ class Trainer:
         self.amp = resolve_amp(self.settings.amp, self.device)
         params = sum(p.numel() for p in self.model.parameters())
         self.report.add("model", f"Pretrainer {params / 1e6:.2f} M parameters, AMP {self.amp.name}")
-        if GRAPH_WAVE_STAGES in self.preset.speedups:
-            cuda = self.device.type == "cuda"
-            how = "replayed from CUDA graphs" if cuda else f"eager (CUDA graphs need CUDA, this is {self.device})"
-            self.report.add("", f"WaveFormer stages in training steps: {how} (speed-up graph_wave_stages)")
+        cuda = self.device.type == "cuda"
+        how = "replayed from CUDA graphs" if cuda else f"eager (CUDA graphs need CUDA, this is {self.device})"
+        for speedup, part in ((GRAPH_WAVE_STAGES, "WaveFormer stages"), (GRAPH_DECODER_LOSS, "decoder and loss")):
+            if speedup in self.preset.speedups:
+                self.report.add("", f"{part} in training steps: {how} (speed-up {speedup})")
 
     def _smoke_batches(self) -> dict:
         """The first plan batch of each modality present (read-only: the plan is a pure function of the seed)."""
