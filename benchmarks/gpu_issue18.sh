@@ -6,9 +6,10 @@
 # tail, never a finished row):
 # kaggle before (`main`, the step as it was) and after (`opt`, the default speed-ups) at batch 4 and 8, bf16 and
 # fp16 with GradScaler; the MAE peer on the same views; MinkowskiEngine against the masked-dense oracle at mask
-# 0.6, background computed and inactive (both with eager WaveFormer stages); `opt` without the CUDA graphs; a
-# sparse pass per MiM level (`opt-onepass`, the default before); torch.compile of the dense parts (ours in place
-# of the graphs, and the peer's); batch 32 and the peer at 160 views.
+# 0.6, background computed and inactive (both with eager WaveFormer stages); `opt` without each of its CUDA graphs
+# (`opt-decgraph`: the decoder and loss eager, `opt-graph`: the WaveFormer stages eager); a sparse pass per MiM
+# level (`opt-onepass`, the default before); torch.compile of the dense parts (ours in place of the graphs, and the
+# peer's); batch 32 and the peer at 160 views.
 #
 #   OUT=DIR bash benchmarks/gpu_issue18.sh            # the full plan
 #   OUT=DIR bash benchmarks/gpu_issue18.sh --quick    # about a minute: batch 4 only, no compile

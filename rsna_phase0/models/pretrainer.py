@@ -43,6 +43,7 @@ from rsna_phase0.presets import Preset
 
 ALIGN_LEVEL = 1  # decoder map used for alignment: stride patch_size / 2
 OUTPUT_KEYS = LOSS_TERMS + DIAGNOSTICS  # what forward() returns, in the order a graphed decoder + loss returns it
+BATCH_TENSORS = ("global_image", "global_mask", "local_image", "local_mask", "local_boxes")  # what the loss reads
 
 
 class AlignmentPredictor(nn.Module):
@@ -127,8 +128,7 @@ class Pretrainer(nn.Module):
     def decode_losses(self, batch: MiMBatch, features: EncoderFeatures) -> dict[str, torch.Tensor]:
         """Decoder and loss on the encoder's features: replayed from CUDA graphs with `graph_decoder_loss` (in
         training forwards on CUDA; eagerly otherwise, the same function)."""
-        tensors = (*features.maps, *features.masks, batch.global_image, batch.global_mask, batch.local_image)
-        tensors += (batch.local_mask, batch.local_boxes)
+        tensors = (*features.maps, *features.masks, *(getattr(batch, name) for name in BATCH_TENSORS))
         if self.graphed_decode_losses is None:
             values = self._decode_losses(batch.modality, *tensors)
         else:
@@ -137,10 +137,10 @@ class Pretrainer(nn.Module):
 
     def _decode_losses(self, modality: str, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """`decode_losses` on plain tensors (what a CUDA graph captures): the stages' maps and masks, then the
-        batch's tensors in MiMBatch's field order."""
+        batch's BATCH_TENSORS."""
         n = len(self.preset.stage_dims)
         maps, masks, batch_tensors = list(tensors[:n]), list(tensors[n : 2 * n]), tensors[2 * n :]
-        batch = MiMBatch(modality, *batch_tensors)
+        batch = MiMBatch(modality, **dict(zip(BATCH_TENSORS, batch_tensors, strict=True)))
         out = self.losses(batch, self.decoder(maps, masks, modality))
         return tuple(out[key] for key in OUTPUT_KEYS)
 

@@ -48,6 +48,15 @@ checkpoints and exports do not depend on the choice.
   train report names which). On an H200 (kaggle, batch 4, two runs): host operators 3,948 -> 2,342, fp16
   72.6-72.9 -> 66.2-66.5 ms, bf16 the same within noise, GPU busy 46-58% -> 61-75%, peak memory 6.21 -> 4.60 GiB.
   Not together with `compile_dense` (both claim these stages).
+- `graph_decoder_loss`: the decoder and the loss (both levels' reconstruction, the alignment, the diagnostics) in
+  training steps replayed from CUDA graphs, a forward and backward pair per modality (each has its own head), both
+  held, so a run mixing MRI and CT batches captures twice, not at every switch; the diagnostics come back without a
+  gradient. CUDA only, like `graph_wave_stages`. On an H200 (kaggle, batch 4, one run, 2026-12-04): host operators
+  2,018 -> 1,326 a step, the step the same within noise (bf16 59.9 -> 58.3 ms, fp16 58.8 -> 56.5, GPU busy fp16
+  77 -> 83%); with MRI and CT batches in turn (benchmarks/mixed_modality_step.py, fp16) peak memory allocated
+  5.45 -> 4.89 GiB at batch 4 and 10.50 -> 9.45 at batch 8, reserved 13.7 -> 8.7 and 29.1 -> 17.8 GiB (a graph's
+  pool reuses its capture's freed blocks for every replay; eager steps leave the caching allocator fragmented).
+  Not together with `compile_dense` (both claim the decoder and the loss).
 
 Measured and left out: the decoder's transposed convolutions (kernel 2, stride 2) as one batched GEMM and a copy
 that interleaves the 2^3 blocks, in place of cuDNN's kernels: the same speed within run-to-run noise (kaggle batch
@@ -55,6 +64,9 @@ that interleaves the 2^3 blocks, in place of cuDNN's kernels: the same speed wit
 Also measured and left out: a channels-last decoder (weights and maps in channels_last_3d, which removes cuDNN's
 nchwToNhwc transposes) made the kaggle step slower on an H200 (81 against 74 ms at batch 4, bf16): GroupNorm and
 the element-wise kernels then copy more than the transposes saved.
+Also measured and left out: the LayerNorm over the 32 channels of the stride-2 map (655,360 positions at kaggle
+batch 4, torch's kernel in the step's top kernels) written as its formula: 1.74 ms forward + backward against
+torch's 1.67 (benchmarks/small_layer_norm.py, H200), so torch's kernel stays.
 Also measured and left out: cuDNN autotuning (`torch.backends.cudnn.benchmark`): 72.3 / 81.4 ms (bf16 / fp16) against
 74.0 / 76.3 without, within run-to-run noise, with the same top kernels.
 
