@@ -201,3 +201,18 @@ def test_gpu_script_refuses_a_machine_without_cuda(tmp_path):
     assert result.returncode == 2, result.stdout
     assert "no CUDA GPU visible to torch" in result.stdout
     assert not (tmp_path / "profile.json").exists()
+
+
+def test_mixed_modality_step_times_both_modalities_per_variant_on_the_cpu(tmp_path):
+    """benchmarks/mixed_modality_step.py: MRI and CT batches in turn, a row per variant with each modality's step
+    time (on a CPU no memory figures: they are CUDA's allocator's)."""
+    from mixed_modality_step import main
+
+    out = tmp_path / "mixed.json"
+    argv = ["--device", "cpu", "--preset", "smoke", "--batch-sizes", "1", "--amp", "none", "--steps", "1"]
+    assert main([*argv, "--variants", "opt", "opt-decgraph", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["opt", "opt-decgraph"]
+    for row in rows:
+        assert row["mri_ms"] > 0 and row["ct_ms"] > 0, row
+        assert row["peak_gib"] is None and row["peak_reserved_gib"] is None
