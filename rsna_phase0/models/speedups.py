@@ -46,7 +46,9 @@ checkpoints and exports do not depend on the choice.
   synchronising the host. The same kernels on the same data (with TF32 off, graphed and eager gradients agree to
   1e-7 of the largest, as two eager runs do). CUDA only: on a CPU the stages run eagerly, the same function (the
   train report names which). On an H200 (kaggle, batch 4, two runs): host operators 3,948 -> 2,342, fp16
-  72.6-72.9 -> 66.2-66.5 ms, bf16 the same within noise, GPU busy 46-58% -> 61-75%, peak memory 6.21 -> 4.60 GiB.
+  72.6-72.9 -> 66.2-66.5 ms, bf16 the same within noise, GPU busy 46-58% -> 61-75%, peak memory 6.21 -> 4.60 GiB
+  (that peak was taken after the captures, so it missed the graphs' pools; benchmarks/profile_step.py now counts
+  from before the warm-up, and benchmarks/mixed_modality_step.py gives the footprint with both modalities).
   Not together with `compile_dense` (both claim these stages).
 - `graph_decoder_loss`: the decoder and the loss (both levels' reconstruction, the alignment, the diagnostics) in
   training steps replayed from CUDA graphs, a forward and backward pair per modality (each has its own head), both
