@@ -18,8 +18,9 @@ Rules the caller keeps (each checked, with an error that says so, where a check 
   activations that backward needs, so that backward raises instead of returning wrong gradients;
 - parameters stay where they are (an optimizer's in-place update is fine; moving the model after the first step is
   not): the graphs read them by address.
-One signature is held at a time by each GraphedFunction (each has its own memory pool): a new one (a short last batch, smaller micro-batches after an out-of-memory
-back-off) frees the old graphs before capturing, so memory does not grow with the number of shapes seen.
+Each GraphedFunction holds one signature at a time, in its own memory pool: a new one (a short last batch, smaller
+micro-batches after an out-of-memory back-off) frees the old graphs before capturing, so memory does not grow with
+the number of shapes seen.
 """
 
 from __future__ import annotations

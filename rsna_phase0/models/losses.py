@@ -136,7 +136,7 @@ def pool_boxes(feature: torch.Tensor, boxes: torch.Tensor, box_patches: int, cel
     # average-pool with the box size at stride one cell, then read the value at each box origin
     pooled = F.avg_pool3d(feature.float(), kernel_size=span, stride=cells_per_patch)
     origin = boxes.long()
-    sample = torch.arange(b * k, device=feature.device) // k  # each sample's index k times, computed on the device
+    sample = torch.arange(b * k, device=feature.device) // k  # each sample's index k times (what the GPU runs ran)
     z, y, x = origin.reshape(-1, 3).unbind(1)
     return pooled[sample, :, z, y, x]
 
