@@ -4,7 +4,7 @@ GPU, every figure issue 18's targets need in one run (benchmarks/gpu_issue18.sh 
     python benchmarks/profile_step.py --device cuda --plan issue18 --json OUT/profile.json --summary OUT/summary.txt
 Ad hoc rows (the product of the lists):
     python benchmarks/profile_step.py --device cuda --preset kaggle --batch-sizes 4 8 --amp bf16 fp16 \
-        --variants main opt opt-graph-decgraph+compile --encoders sparse masked_dense --peer
+        --variants main opt opt-graph-decgraph-fused+compile --encoders sparse masked_dense --peer
 CPU check of the script (GPU fields null; host operators and sync-prone operators still counted):
     python benchmarks/profile_step.py --device cpu --preset smoke --batch-sizes 1 --quick
 
@@ -13,7 +13,9 @@ A row is one model, preset, batch (regions), autocast, variant and encoder:
   speed-ups (rsna_phase0/models/speedups.py) and, on CUDA, AdamW(fused=True) as the trainer does; `+name` adds an
   optional one, `-name` takes a default one out: `-onepass` one MinkowskiEngine pass per MiM level instead of one
   over both, `-graph` the WaveFormer stages eager instead of from CUDA graphs, `-decgraph` the decoder and loss
-  eager instead of from CUDA graphs, `-graph-decgraph+compile` torch.compile of the dense parts in their place;
+  eager instead of from CUDA graphs, `-fused` the decoder's norm + GELU pairs eagerly (torch's GroupNorm and GELU on
+  (B, C, D, H, W) maps) instead of as Triton kernels, `-graph-decgraph-fused+compile` torch.compile of the dense
+  parts in place of all three;
 - encoder `sparse` (MinkowskiEngine) or `masked_dense` (rsna_phase0/models/masked_dense_oracle.py: DenseEncoder(mask=...),
   the same weights); optional `mask` (every view re-masked at that ratio) and `background` (`computed`: no
   background threshold, `inactive`: the preset's);
@@ -47,13 +49,14 @@ from rsna_phase0.atomic import write_json_atomic, write_text_atomic
 
 VARIANT_BASES = ("main", "opt")
 # a variant's `+name` adds the speed-up, `-name` takes it out of opt's (rsna_phase0/presets.py STEP_SPEEDUPS and
-# OPTIONAL_SPEEDUPS): opt-graph-decgraph+compile is the preset's speed-ups with torch.compile in place of the CUDA
-# graphs
+# OPTIONAL_SPEEDUPS): opt-graph-decgraph-fused+compile is the preset's speed-ups with torch.compile in place of
+# the CUDA graphs and the fused kernels
 VARIANT_CHANGES = {
     "compile": "compile_dense",
     "onepass": "one_sparse_pass",
     "graph": "graph_wave_stages",
     "decgraph": "graph_decoder_loss",
+    "fused": "fused_norm_gelu",
 }
 _BATCHES: dict = {}  # synthetic batches on the host, by preset, batch and overrides
 
@@ -110,8 +113,8 @@ def issue18_plan(quick: bool, preset: str = "kaggle") -> list[Row]:
         for bg in ("computed", "inactive")
         for e in ("sparse", "masked_dense")
     ]
-    without_graphs = [ours(4, amp, v) for v in ("opt-decgraph", "opt-graph") for amp in ("bf16", "fp16")]
-    compiled = "opt-graph-decgraph+compile"
+    without_graphs = [ours(4, amp, v) for v in ("opt-fused", "opt-decgraph", "opt-graph") for amp in ("bf16", "fp16")]
+    compiled = "opt-graph-decgraph-fused+compile"
     if quick:
         return before_after + without_graphs + peers + oracle[2:]
     return (

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 SPARSE_CONV_MODES = ("default", "copy_gemm", "direct_gemm")
 # implementation choices of the training step that keep the model's function (rsna_phase0/models/speedups.py says
 # what each does); `speedups=()` runs the step as it was before them, so one benchmark run measures both.
-# graph_wave_stages and graph_decoder_loss act on CUDA only (there are no CUDA graphs elsewhere); the train report
-# says which way ran
+# graph_wave_stages and graph_decoder_loss act on CUDA only (there are no CUDA graphs elsewhere), fused_norm_gelu
+# on CUDA with Triton; the train report says which way ran
 STEP_SPEEDUPS = (
     "hoisted_invariants",
     "token_layout",
@@ -31,8 +31,11 @@ STEP_SPEEDUPS = (
     "graph_wave_stages",
     "one_sparse_pass",
     "graph_decoder_loss",
+    "fused_norm_gelu",
 )
 GRAPH_SPEEDUPS = ("graph_wave_stages", "graph_decoder_loss")
+# what compile_dense replaces: the CUDA graphs, and the decoder's fused norm + GELU kernels (the compiler fuses them)
+NOT_WITH_COMPILE = (*GRAPH_SPEEDUPS, "fused_norm_gelu")
 # off unless asked for: torch.compile of the dense parts (instead of the CUDA graphs: both claim the WaveFormer
 # stages, the decoder and the loss)
 OPTIONAL_SPEEDUPS = ("compile_dense",)
@@ -177,12 +180,12 @@ class Preset:
             raise ValueError(
                 f"preset {self.name}: unknown speedups {sorted(unknown)}; choose from {STEP_SPEEDUPS + OPTIONAL_SPEEDUPS}"
             )
-        graphs = [name for name in GRAPH_SPEEDUPS if name in self.speedups]
-        if "compile_dense" in self.speedups and graphs:
+        claims = [name for name in NOT_WITH_COMPILE if name in self.speedups]
+        if "compile_dense" in self.speedups and claims:
             raise ValueError(
-                f"preset {self.name}: speedups compile_dense and {' and '.join(graphs)} claim the same dense parts "
-                f"(WaveFormer stages, decoder, loss); list compile_dense without {', '.join(GRAPH_SPEEDUPS)} (the CUDA "
-                "graphs are in the default speedups: leave them out to compile)"
+                f"preset {self.name}: speedups compile_dense and {' and '.join(claims)} claim the same dense parts "
+                f"(WaveFormer stages, decoder, loss); list compile_dense without {', '.join(NOT_WITH_COMPILE)} (they "
+                "are in the default speedups: leave them out to compile)"
             )
         for ratio in (self.global_mask_ratio, self.local_mask_ratio):
             if not 0.0 < ratio < 1.0:

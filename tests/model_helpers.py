@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from rsna_phase0.mim_masking import random_patch_mask
-from rsna_phase0.presets import GRAPH_SPEEDUPS, get_preset
+from rsna_phase0.presets import GRAPH_SPEEDUPS, NOT_WITH_COMPILE, get_preset
 
 
 def tiny_preset(**overrides):
@@ -18,6 +18,11 @@ def without_graphs(speedups: tuple[str, ...]) -> tuple[str, ...]:
     """The speed-ups without CUDA graphs (graph_wave_stages and graph_decoder_loss are defaults; compile_dense
     refuses them)."""
     return tuple(s for s in speedups if s not in GRAPH_SPEEDUPS)
+
+
+def for_compile(speedups: tuple[str, ...]) -> tuple[str, ...]:
+    """The speed-ups with compile_dense in place of what it replaces (the CUDA graphs, the fused norm + GELU)."""
+    return (*(s for s in speedups if s not in NOT_WITH_COMPILE), "compile_dense")
 
 
 def patch_masks(batch: int, grid: int, ratio: float, seed: int) -> torch.Tensor:

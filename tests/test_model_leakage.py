@@ -109,13 +109,19 @@ def check_local_views_cannot_change_the_global_view(one_pass: bool) -> None:
     b = batch.batch_size
     first, second = model.encode(batch), model.encode(changed)
     for i, (a, c) in enumerate(zip(first.maps, second.maps, strict=True)):
-        assert torch.equal(a[:b], c[:b]), f"stage {i} of the global view changed with the local views' content"
-        assert not torch.equal(a[b:], c[b:])  # the local views' own features did change (the check can fail)
+        if one_pass:
+            # one pass convolves both levels' voxels together, and the BLAS may block a product of more rows
+            # otherwise (OpenBLAS on an AMD EPYC: the global view's features moved by <= 4e-7 of the largest, while
+            # the local views' own features changed by about their size)
+            assert relative_change([a], [c], b) < 1e-5, f"stage {i} of the global view changed with the local views"
+        else:
+            assert torch.equal(a[:b], c[:b]), f"stage {i} of the global view changed with the local views' content"
+        assert relative_change([a[b:]], [c[b:]], len(a) - b) > 0.1  # the local views' features did change
     assert torch.equal(model(batch)["recon_global"], model(changed)["recon_global"])
 
 
 @pytest.mark.parametrize("one_pass", [False, True], ids=["pass-per-level", "one-sparse-pass"])
-def test_local_view_content_leaves_the_global_view_bit_identical(one_pass):
+def test_local_view_content_leaves_the_global_view_unchanged(one_pass):
     code = f"import test_model_leakage as t\nt.check_local_views_cannot_change_the_global_view({one_pass})\nprint('ok')"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(

@@ -6,7 +6,7 @@ import numpy as np
 import ptwt
 import pytest
 import torch
-from model_helpers import patch_masks, tiny_preset, without_graphs
+from model_helpers import for_compile, patch_masks, tiny_preset
 from profile_trace import sync_prone_ops
 
 from rsna_phase0.models.blob_batch import synthetic_batch
@@ -228,7 +228,7 @@ def test_compiled_dense_parts_match_eager_and_keep_parameter_names():
     torch.manual_seed(0)
     eager = Pretrainer(preset)
     torch.manual_seed(0)
-    compiled = Pretrainer(preset.with_overrides(speedups=without_graphs(preset.speedups) + ("compile_dense",)))
+    compiled = Pretrainer(preset.with_overrides(speedups=for_compile(preset.speedups)))
     assert list(compiled.state_dict()) == list(eager.state_dict())
     out_e, out_c = eager(batch), compiled(batch)
     for term in ("loss", "recon_global", "recon_local", "align"):
@@ -245,7 +245,7 @@ def test_compiled_dense_parts_match_eager_and_keep_parameter_names():
 def test_cuda_compiled_dense_parts_train_a_kaggle_step(amp):
     """On CUDA (torch 2.11) a compiled decoder's backward gave the (1, C, 1, 1, 1) mask token a (C,) gradient and
     the step failed (`CompiledFunctionBackward returned an invalid gradient`); the CPU test above never saw it."""
-    preset = get_preset("kaggle", batch_size=2, speedups=(*without_graphs(STEP_SPEEDUPS), "compile_dense"))
+    preset = get_preset("kaggle", batch_size=2, speedups=for_compile(STEP_SPEEDUPS))
     batch = synthetic_batch(preset, 2, modality="mri", seed=0).to("cuda")
     torch.manual_seed(0)
     model = Pretrainer(preset).cuda()

@@ -120,22 +120,23 @@ def test_targets_read_the_matching_rows():
 
 
 def test_variants_add_and_take_out_speedups_and_the_peer_ignores_them():
-    """`-graph-decgraph` takes the CUDA graphs out of the defaults, so `opt-graph-decgraph+compile` is a valid
-    preset; the peer's compiled row once failed because its preset had been given ours' speed-ups (compile_dense
-    with the graphs)."""
+    """`-graph-decgraph-fused` takes the CUDA graphs and the fused kernels out of the defaults, so
+    `opt-graph-decgraph-fused+compile` is a valid preset; the peer's compiled row once failed because its preset had
+    been given ours' speed-ups (compile_dense with the graphs)."""
     from rsna_phase0.presets import STEP_SPEEDUPS
 
     assert parse_variant("opt-graph+onepass") == ("opt", {"onepass"}, {"graph"})
     assert preset_of(Row("ours", "smoke", 1, "none", "opt")).speedups == STEP_SPEEDUPS
-    compiled = preset_of(Row("ours", "smoke", 1, "none", "opt-graph-decgraph+compile")).speedups
-    assert "compile_dense" in compiled and not {"graph_wave_stages", "graph_decoder_loss"} & set(compiled)
+    compiled = preset_of(Row("ours", "smoke", 1, "none", "opt-graph-decgraph-fused+compile")).speedups
+    assert "compile_dense" in compiled
+    assert not {"graph_wave_stages", "graph_decoder_loss", "fused_norm_gelu"} & set(compiled)
     assert preset_of(Row("ours", "smoke", 1, "none", "main+graph")).speedups == ("graph_wave_stages",)
     per_level = preset_of(Row("ours", "smoke", 1, "none", "opt-onepass")).speedups
     assert per_level == tuple(s for s in STEP_SPEEDUPS if s != "one_sparse_pass")
     assert preset_of(Row("mae_peer", "smoke", 1, "none", "opt+compile")).speedups == ()
     with pytest.raises(ValueError, match="compile_dense and graph_wave_stages and graph_decoder_loss"):
         preset_of(Row("ours", "smoke", 1, "none", "opt+compile"))
-    with pytest.raises(ValueError, match="compile_dense and graph_decoder_loss claim"):
+    with pytest.raises(ValueError, match="compile_dense and graph_decoder_loss and fused_norm_gelu claim"):
         preset_of(Row("ours", "smoke", 1, "none", "opt-graph+compile"))
     for bad in ("fast", "opt+warp", "opt+graph-graph"):
         with pytest.raises(ValueError, match="write main or opt"):

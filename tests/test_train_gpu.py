@@ -50,6 +50,7 @@ def test_cuda_run_with_graphed_wave_stages_and_loader_workers(train_data, tmp_pa
     assert done.returncode == 0, done.stderr[-4000:]
     assert "WaveFormer stages in training steps: replayed from CUDA graphs" in done.stderr
     assert "decoder and loss in training steps: replayed from CUDA graphs" in done.stderr
+    assert "decoder norm + GELU: fused Triton kernels, channels-last (speed-up fused_norm_gelu)" in done.stderr
     records = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["step"] for r in records] == list(range(1, 7))
     assert all(r["loss"] is not None for r in records)

@@ -41,6 +41,8 @@ def test_resume_continues_exactly(train_data, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     code, out = train_process(train_data, whole, "--max-steps", "8", "--deterministic")
     assert code == 0, out
+    # the default speed-ups that need CUDA say so in the report, and run eagerly
+    assert "decoder norm + GELU: eager (the fused kernels need CUDA, this is cpu)" in out
     code, out = train_process(train_data, split, "--max-steps", "3", "--deterministic")
     assert code == 0, out
     assert load_checkpoint(split / "last.pt")["step"] == 3

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsna_phase0.models.speedups import AMP_DTYPE_GROUP_NORM
+from rsna_phase0.models.norm_gelu import fused_path, norm_gelu_fused
+from rsna_phase0.models.speedups import AMP_DTYPE_GROUP_NORM, FUSED_NORM_GELU
 from rsna_phase0.models.waveformer import ChannelLayerNorm
 from rsna_phase0.presets import Preset
 
@@ -60,17 +61,32 @@ class InstanceGroupNorm(nn.GroupNorm):
             return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
 
+class InstanceNormGelu(InstanceGroupNorm):
+    """InstanceGroupNorm and the GELU after it in one module (the `fused_norm_gelu` speed-up): on CUDA with Triton
+    the pair runs as models/norm_gelu.py's kernels on a channels-last map (normalised in the map's dtype, as
+    `amp_dtype_group_norm`), elsewhere eagerly, the same function. The parameters are the norm's, so checkpoints
+    do not depend on the choice."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused_path(x.device) is None:
+            return norm_gelu_fused(x, self.weight, self.bias, self.eps)
+        return F.gelu(super().forward(x))
+
+
 class UpBlock(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, speedups: tuple[str, ...] = ()) -> None:
         super().__init__()
         amp_norm = AMP_DTYPE_GROUP_NORM in speedups
         self.up = nn.ConvTranspose3d(in_dim, out_dim, kernel_size=2, stride=2)
+        # fused or not, the same indices (the GELU slot empty when the norm applies it), so the same parameter names
+        fused = FUSED_NORM_GELU in speedups
+        norm = InstanceNormGelu if fused else InstanceGroupNorm
         self.body = nn.Sequential(
-            InstanceGroupNorm(out_dim, amp_norm),
-            nn.GELU(),
+            norm(out_dim, amp_norm),
+            nn.Identity() if fused else nn.GELU(),
             nn.Conv3d(out_dim, out_dim, kernel_size=3, padding=1, bias=False),
-            InstanceGroupNorm(out_dim, amp_norm),
-            nn.GELU(),
+            norm(out_dim, amp_norm),
+            nn.Identity() if fused else nn.GELU(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,6 +107,7 @@ class SparkDecoder(nn.Module):
         # densify[j] serves the encoder map at stride patch_size / 2^j (j = 0 is the coarsest)
         self.densify = nn.ModuleList(Densify(dims[n - 1 - j], widths[j]) for j in range(n))
         self.up_blocks = nn.ModuleList(UpBlock(widths[j], widths[j + 1], preset.speedups) for j in range(n))
+        self.fused_norm_gelu = FUSED_NORM_GELU in preset.speedups
         self.heads = nn.ModuleDict(
             {
                 name: nn.Conv3d(widths[-1], channels, kernel_size=1)
@@ -101,8 +118,14 @@ class SparkDecoder(nn.Module):
     def forward(self, maps: list[torch.Tensor], masks: list[torch.Tensor], modality: str) -> DecoderOutput:
         features = []
         x = None
+        # the fused norm + GELU kernels read channels-last maps, and so do cuDNN's convolutions: the decoder's maps
+        # stay channels-last throughout (the WaveFormer stages' maps already are, as views of their tokens)
+        channels_last = self.fused_norm_gelu and fused_path(maps[0].device) is None
         for j, (densify, up) in enumerate(zip(self.densify, self.up_blocks, strict=True)):
-            skip = densify(maps[-1 - j], masks[-1 - j])
+            feature = maps[-1 - j]
+            if channels_last:
+                feature = feature.contiguous(memory_format=torch.channels_last_3d)
+            skip = densify(feature, masks[-1 - j])
             x = skip if x is None else x + skip
             features.append(x)
             x = up(x)

@@ -29,11 +29,12 @@ checkpoints and exports do not depend on the choice.
 - `one_sparse_pass`: the sparse stages run once over the global and local views together instead of once per MiM
   level, which halves MinkowskiEngine's host synchronisations (it synchronises inside every coordinate map, kernel
   map and convolution): on an H200 (kaggle, batch 4) 79-81 -> 33 a step, the GPU 68-70% -> 75-83% busy. The same
-  function: normalisation is per sample and a kernel map never joins two samples. On a CPU (one thread) a level's
-  features stay bit-identical whatever the other level holds, as with a pass per level
-  (tests/test_model_leakage.py runs both). On CUDA neither way is bit-reproducible: the same input twice already
-  differs by ~1e-4 of the largest feature (H200, per level or one pass), and another level's content moves a
-  level's features no further than that (a GPU test there).
+  function: normalisation is per sample and a kernel map never joins two samples. On a CPU (one thread) a pass per
+  level keeps a level's features bit-identical whatever the other level holds; one pass keeps them to rounding
+  (OpenBLAS may block a product of more rows otherwise: on an AMD EPYC they moved by <= 4e-7 of the largest, where
+  CI's earlier machines kept them bit-identical; tests/test_model_leakage.py runs both). On CUDA neither way is
+  bit-reproducible: the same input twice already differs by ~1e-4 of the largest feature (H200, per level or one
+  pass), and another level's content moves a level's features no further than that (a GPU test there).
 - `amp_dtype_group_norm`: the decoder's GroupNorm (one group per channel) normalises a half-precision map in its
   own dtype, its statistics still accumulated in float32 inside the kernel; CUDA autocast would run it on a float32
   copy and hand a float32 map to the GELU and the next convolution (which casts it back): at stride 1 that is 20
@@ -86,3 +87,4 @@ ONE_SPARSE_PASS = "one_sparse_pass"
 AMP_DTYPE_GROUP_NORM = "amp_dtype_group_norm"
 GRAPH_WAVE_STAGES = "graph_wave_stages"
 GRAPH_DECODER_LOSS = "graph_decoder_loss"
+FUSED_NORM_GELU = "fused_norm_gelu"

@@ -23,7 +23,7 @@ import torch
 
 from rsna_phase0.data.errors import VolumeError
 from rsna_phase0.models.losses import DIAGNOSTICS, LOSS_TERMS
-from rsna_phase0.models.speedups import GRAPH_DECODER_LOSS, GRAPH_WAVE_STAGES
+from rsna_phase0.models.speedups import FUSED_NORM_GELU, GRAPH_DECODER_LOSS, GRAPH_WAVE_STAGES
 from rsna_phase0.training import checkpoint as ckpt
 from rsna_phase0.training import faults
 from rsna_phase0.training.amp import autocast, make_scaler, resolve_amp
@@ -298,6 +298,7 @@ class Trainer:
             self.report.add("plan" if index == 0 else "", line)
 
     def _build_model(self) -> None:
+        from rsna_phase0.models.norm_gelu import fused_path
         from rsna_phase0.models.pretrainer import Pretrainer
 
         model = Pretrainer(self.preset)  # per-sample normalisation only: nothing to synchronise across GPUs
@@ -310,6 +311,10 @@ class Trainer:
         for speedup, part in ((GRAPH_WAVE_STAGES, "WaveFormer stages"), (GRAPH_DECODER_LOSS, "decoder and loss")):
             if speedup in self.preset.speedups:
                 self.report.add("", f"{part} in training steps: {how} (speed-up {speedup})")
+        if FUSED_NORM_GELU in self.preset.speedups:
+            why_not = fused_path(self.device)
+            how = "fused Triton kernels, channels-last" if why_not is None else f"eager ({why_not})"
+            self.report.add("", f"decoder norm + GELU: {how} (speed-up {FUSED_NORM_GELU})")
 
     def _smoke_batches(self) -> dict:
         """The first plan batch of each modality present (read-only: the plan is a pure function of the seed)."""

@@ -1,0 +1,136 @@
+"""The decoder's fused InstanceNorm + GELU (speed-up `fused_norm_gelu`, models/norm_gelu.py): the Triton kernels
+compute the eager pair's function forward and backward, the decoder keeps its parameter names, and off CUDA the
+pair runs eagerly with the reason in the train report."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_helpers import tiny_preset
+
+from rsna_phase0.models.decoder import InstanceGroupNorm, InstanceNormGelu, SparkDecoder
+from rsna_phase0.models.norm_gelu import fused_path, norm_gelu_eager, norm_gelu_fused
+from rsna_phase0.presets import get_preset
+
+needs_triton_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available() or fused_path(torch.device("cuda")) is not None,
+    reason="the fused kernels need a CUDA GPU of compute capability 7.0+ and Triton",
+)
+
+# (B, C, D, H, W): one block, several blocks with a partial last one, channels not a power of two, the kaggle
+# step's full-resolution shape cut to 2 views
+SHAPES = ((2, 8, 4, 4, 4), (3, 16, 17, 9, 10), (2, 6, 12, 11, 13), (2, 32, 64, 64, 64))
+
+
+def _pair_inputs(shape, dtype, channels_last: bool, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    # an offset mean, as a convolution's output has: the statistics must not cancel
+    x = torch.randn(shape, generator=generator) * 2.5 + 4.0
+    x = x.to("cuda", dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    weight = (torch.rand(shape[1], generator=generator) + 0.5).cuda()
+    bias = torch.randn(shape[1], generator=generator).cuda()
+    grad = torch.randn(shape, generator=generator).to("cuda", dtype)
+    return x.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), grad
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+@pytest.mark.gpu
+@needs_triton_gpu
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_fused_pair_matches_the_eager_pair_in_float32(shape, channels_last):
+    torch.backends.cudnn.allow_tf32 = False
+    x, weight, bias, grad = _pair_inputs(shape, torch.float32, channels_last)
+    expected = norm_gelu_eager(x, weight, bias, 1e-5)
+    fused = norm_gelu_fused(x, weight, bias, 1e-5)
+    assert fused.is_contiguous(memory_format=torch.channels_last_3d)
+    assert _relative(fused, expected) < 1e-5
+    for got, want in zip(
+        torch.autograd.grad(fused, (x, weight, bias), grad),
+        torch.autograd.grad(expected, (x, weight, bias), grad),
+        strict=True,
+    ):
+        assert _relative(got, want) < 1e-4
+
+
+@pytest.mark.gpu
+@needs_triton_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_pair_in_half_precision_is_as_close_as_the_eager_pair_is_to_float32(dtype):
+    """In a half dtype both round: the fused pair (statistics, affine and GELU in float32, rounded once) must be at
+    least as close to the float32 function as the eager pair (rounded after the norm and again after the GELU)."""
+    x, weight, bias, grad = _pair_inputs((2, 32, 32, 32, 32), dtype, channels_last=True)
+    x32 = x.detach().float().requires_grad_()
+    exact = norm_gelu_eager(x32, weight, bias, 1e-5)
+    exact_grads = torch.autograd.grad(exact, (x32, weight, bias), grad.float())
+    eager = norm_gelu_eager(x, weight, bias, 1e-5)
+    eager_grads = torch.autograd.grad(eager, (x, weight, bias), grad)
+    fused = norm_gelu_fused(x, weight, bias, 1e-5)
+    fused_grads = torch.autograd.grad(fused, (x, weight, bias), grad)
+    assert fused.dtype == dtype and fused_grads[0].dtype == dtype
+    assert _relative(fused, exact) <= 1.01 * _relative(eager, exact) + 1e-3
+    for got, theirs, want in zip(fused_grads, eager_grads, exact_grads, strict=True):
+        assert _relative(got, want) <= 1.01 * _relative(theirs, want) + 1e-3
+
+
+@pytest.mark.gpu
+@needs_triton_gpu
+def test_fused_decoder_is_the_eager_decoder_with_channels_last_maps():
+    """The kaggle decoder with and without the speed-up, the same weights and inputs: the same prediction and
+    gradients (float32, TF32 off), its maps channels-last."""
+    torch.backends.cudnn.allow_tf32 = False
+    preset = get_preset("kaggle")
+    without = tuple(s for s in preset.speedups if s != "fused_norm_gelu")
+    torch.manual_seed(0)
+    eager = SparkDecoder(preset.with_overrides(speedups=without)).cuda()
+    fused = SparkDecoder(preset.with_overrides(speedups=(*without, "fused_norm_gelu"))).cuda()
+    fused.load_state_dict(eager.state_dict())
+    maps, masks, size = [], [], preset.input_size
+    for dim in preset.stage_dims:
+        size //= 2
+        maps.append(torch.randn(2, dim, size, size, size, device="cuda"))
+        masks.append(torch.rand(2, size, size, size, device="cuda") < 0.6)
+    outputs = [decoder(maps, masks, "ct") for decoder in (eager, fused)]
+    assert all(f.is_contiguous(memory_format=torch.channels_last_3d) for f in outputs[1].features[1:])
+    assert _relative(outputs[1].prediction, outputs[0].prediction) < 1e-4
+    grads = [
+        torch.autograd.grad(out.prediction.square().mean(), list(decoder.parameters()), allow_unused=True)
+        for out, decoder in zip(outputs, (eager, fused), strict=True)
+    ]
+    assert [g is None for g in grads[1]] == [g is None for g in grads[0]]  # the MRI head only
+    # against the largest gradient: a transposed convolution's bias before an InstanceNorm has a zero gradient in
+    # exact arithmetic (the norm removes any per-channel constant), so both are rounding noise there
+    scale = max(g.abs().max().item() for g in grads[0] if g is not None)
+    for got, want in zip(grads[1], grads[0], strict=True):
+        if want is not None:
+            assert (got - want).abs().max().item() < 1e-4 * scale
+
+
+def test_off_cuda_the_pair_runs_eagerly_with_the_same_parameter_names():
+    preset = tiny_preset()
+    without = tuple(s for s in preset.speedups if s != "fused_norm_gelu")
+    torch.manual_seed(0)
+    eager = SparkDecoder(preset.with_overrides(speedups=without))
+    fused = SparkDecoder(preset.with_overrides(speedups=(*without, "fused_norm_gelu")))
+    assert list(fused.state_dict()) == list(eager.state_dict())
+    assert isinstance(fused.up_blocks[0].body[0], InstanceNormGelu)
+    assert type(eager.up_blocks[0].body[0]) is InstanceGroupNorm
+    fused.load_state_dict(eager.state_dict())
+    size = preset.input_size
+    maps, masks = [], []
+    for dim in preset.stage_dims:
+        size //= 2
+        maps.append(torch.randn(2, dim, size, size, size))
+        masks.append(torch.rand(2, size, size, size) < 0.6)
+    assert torch.equal(fused(maps, masks, "mri").prediction, eager(maps, masks, "mri").prediction)
+    assert fused_path(torch.device("cpu")) == "the fused kernels need CUDA, this is cpu"
+
+
+def test_compile_dense_refuses_the_fused_pair():
+    with pytest.raises(ValueError, match="compile_dense and fused_norm_gelu claim"):
+        get_preset("smoke", speedups=("compile_dense", "fused_norm_gelu"))
