@@ -60,13 +60,31 @@ checkpoints and exports do not depend on the choice.
   5.45 -> 4.89 GiB at batch 4 and 10.50 -> 9.45 at batch 8, reserved 13.7 -> 8.7 and 29.1 -> 17.8 GiB (a graph's
   pool reuses its capture's freed blocks for every replay; eager steps leave the caching allocator fragmented).
   Not together with `compile_dense` (both claim the decoder and the loss).
+- `fused_norm_gelu`: the decoder's InstanceNorm + GELU pairs as four Triton kernels on channels-last maps
+  (models/norm_gelu.py), so the decoder's maps stay channels-last and cuDNN's nchwToNhwc / nhwcToNchw transposes
+  around its convolutions (4.7 ms of the kaggle step at batch 4 on an H200, its largest kernels) are gone, and a
+  pair reads and writes its map four times forward + backward instead of ~10 (the GELU's input recomputed, not
+  stored). The same function up to rounding (statistics, affine and GELU in float32, rounded once; in float32 within
+  1e-5 of the eager pair, tests/test_norm_gelu.py); the parameters keep their names. CUDA with Triton only (torch's
+  CUDA wheels ship it; compute capability 7.0+, so a T4 but not a P100): elsewhere the pair runs eagerly and the
+  train report says why. On an H200 (2026-12-04): the decoder alone forward + backward at kaggle batch 4
+  (benchmarks/decoder_layouts.py) bf16 26.6 -> 20.2 ms, fp16 25.8 -> 19.2, peak 3.45 -> 2.71 GiB; the kaggle step
+  at batch 4 (benchmarks/profile_step.py, one run) bf16 56.3 -> 51.6 ms, fp16 58.8 -> 51.9, GPU kernel time a step
+  49.0 -> 42.6 ms, GPU busy 77 -> 81% (bf16) and 71 -> 77% (fp16), peak memory 4.54 -> 3.58 GiB (bf16); in the
+  issue18 plan's run opt-fused -> opt 62.5 -> 52.3 ms (bf16), 60.8 -> 55.2 (fp16). Block size
+  (benchmarks/norm_gelu_blocks.py, the 20 x 32 x 64^3 map): 4,096 elements and 4 warps a program, 1.47 ms a pair
+  forward + backward against 1.99 ms at 8,192, torch's GroupNorm + GELU 2.34 ms, the traffic floor 0.57 ms.
+  Not together with `compile_dense` (its compiler fuses these itself).
 
 Measured and left out: the decoder's transposed convolutions (kernel 2, stride 2) as one batched GEMM and a copy
 that interleaves the 2^3 blocks, in place of cuDNN's kernels: the same speed within run-to-run noise (kaggle batch
 4, H200, bf16 and fp16 alternated in one run: 69.8-88.3 ms against 71.9-80.9), so the simpler module stays.
 Also measured and left out: a channels-last decoder (weights and maps in channels_last_3d, which removes cuDNN's
 nchwToNhwc transposes) made the kaggle step slower on an H200 (81 against 74 ms at batch 4, bf16): GroupNorm and
-the element-wise kernels then copy more than the transposes saved.
+the element-wise kernels then copy more than the transposes saved. The same with the norm as its formula on the
+channels-last map in torch operations (float32 mean and mean-square reductions, autograd's backward;
+benchmarks/decoder_layouts.py `cl-formula`): the decoder 35.1 against 26.6 ms (bf16), peak 6.6 against 3.45 GiB, the
+step 69.5 against 59.0 ms; the element-wise float32 passes cost more than the transposes. Hence `fused_norm_gelu`.
 Also measured and left out: the LayerNorm over the 32 channels of the stride-2 map (655,360 positions at kaggle
 batch 4, torch's kernel in the step's top kernels) written as its formula: 1.74 ms forward + backward against
 torch's 1.67 (benchmarks/small_layer_norm.py, H200), so torch's kernel stays.
