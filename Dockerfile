@@ -5,7 +5,7 @@
 # the same file the Kaggle installer uses), MinkowskiEngine built for the GPUs in TORCH_CUDA_ARCH_LIST, rsna_phase0.
 # Stages: python-env (/opt/env from the conda lock) -> runtime (user, runtime libraries, /opt/env, every locked
 # package) -> builder (runtime + GCC + CUDA toolkit: MinkowskiEngine's wheel) -> the image (runtime + that wheel +
-# the project). The image carries no compiler and one copy of CUDA: torch's nvidia-* wheels.
+# the project). The image carries one copy of CUDA (torch's nvidia-* wheels) and only a C compiler (Triton's).
 # Build: `make docker-build` (= rsna-phase0 docker build, which passes the spec's values as build arguments).
 # The ARG defaults equal the spec; tests/test_docker_files.py fails when they drift. Layers run from slowest to
 # most often changed: a code change rebuilds only the last layer, in seconds. Works with the legacy builder (the
@@ -41,10 +41,12 @@ ENV DEBIAN_FRONTEND=noninteractive \
 RUN useradd --uid 1000 --user-group --create-home --home-dir /home/rsna --shell /bin/bash rsna \
     && install -d -o rsna -g rsna -m 0755 /home/rsna/.local /home/rsna/.cache /home/rsna/.config
 
-# MinkowskiEngine's runtime libraries: OpenBLAS and GCC's OpenMP. Versions are those of the base's release.
+# MinkowskiEngine's runtime libraries: OpenBLAS and GCC's OpenMP; and a C compiler, with which Triton builds each
+# kernel's launcher at first use (the decoder's fused norm + GELU, speed-up fused_norm_gelu: without one it runs
+# eagerly, slower, and the train report says why). Versions are those of the base's release.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libopenblas0 libgomp1 ca-certificates \
+    && apt-get install -y --no-install-recommends libopenblas0 libgomp1 gcc libc6-dev ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 # The GPU contract for the NVIDIA Container Toolkit: the driver rule is the spec's [driver] (check-env uses it too).

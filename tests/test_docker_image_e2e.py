@@ -120,6 +120,18 @@ def test_check_env_in_the_image_finds_no_mismatch(client):
     assert fields["torch"]["status"] == "ok", fields["torch"]
 
 
+def test_the_image_can_compile_against_pythons_headers(client):
+    """What Triton does at a kernel's first launch (fused_norm_gelu): build a launcher with the image's C compiler
+    against Python's headers (linking libcuda needs a GPU, so only the compile runs here)."""
+    script = (
+        "printf '#include <Python.h>\\nint main(void) { return Py_IsInitialized(); }\\n' > /tmp/launcher.c && "
+        'gcc -fsyntax-only -I"$(python -c \'import sysconfig; print(sysconfig.get_paths()["include"])\')" '
+        "/tmp/launcher.c && echo compiled"
+    )
+    code, out = _run(client, ["sh", "-c", script], user=None)
+    assert code == 0 and "compiled" in out, out[-3000:]
+
+
 def test_the_image_says_which_driver_it_needs(client):
     env = client.images.get(TAG).attrs["Config"]["Env"]
     assert f"NVIDIA_REQUIRE_CUDA=driver>={load_spec().min_driver}" in env

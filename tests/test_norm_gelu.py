@@ -4,6 +4,10 @@ pair runs eagerly with the reason in the train report."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from model_helpers import tiny_preset
@@ -134,3 +138,24 @@ def test_off_cuda_the_pair_runs_eagerly_with_the_same_parameter_names():
 def test_compile_dense_refuses_the_fused_pair():
     with pytest.raises(ValueError, match="compile_dense and fused_norm_gelu claim"):
         get_preset("smoke", speedups=("compile_dense", "fused_norm_gelu"))
+
+
+@pytest.mark.gpu
+@needs_triton_gpu
+def test_without_a_c_compiler_the_report_says_so_and_the_pair_runs_eagerly(tmp_path):
+    """Triton builds every kernel's launcher with the host's C compiler (a runtime image may have none): the probe
+    finds that before training, names the fix, and the decoder runs the eager pair."""
+    code = (
+        "import torch\n"
+        "from rsna_phase0.models.norm_gelu import fused_path\n"
+        "from rsna_phase0.models.decoder import InstanceNormGelu\n"
+        "print('REASON', fused_path(torch.device('cuda')))\n"
+        "norm = InstanceNormGelu(8, True).cuda()\n"
+        "x = torch.randn(2, 8, 4, 4, 4, device='cuda')\n"
+        "print('CHANNELS_LAST', norm(x).is_contiguous(memory_format=torch.channels_last_3d))\n"
+    )
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "TRITON_CACHE_DIR": str(tmp_path / "triton-cache")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "REASON Triton could not build a kernel here" in done.stdout and "apt-get install gcc" in done.stdout
+    assert "CHANNELS_LAST False" in done.stdout  # the eager GroupNorm's (B, C, D, H, W) output

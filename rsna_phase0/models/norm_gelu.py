@@ -18,6 +18,8 @@ and the train report says which way ran (`fused_path`).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -39,10 +41,29 @@ def fused_path(device: torch.device) -> str | None:
         return f"the fused kernels need CUDA, this is {device.type}"
     if triton is None:
         return "the fused kernels need Triton (pip install the triton your torch wheel names), none is installed"
-    capability = torch.cuda.get_device_capability(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    capability = torch.cuda.get_device_capability(index)
     if capability < MIN_CAPABILITY:
         return f"Triton needs compute capability 7.0 or newer, this GPU is {capability[0]}.{capability[1]}"
-    return None
+    return _build_problem(index)
+
+
+@functools.cache
+def _build_problem(index: int) -> str | None:
+    """Compile and run a one-element kernel once per GPU (before any CUDA graph capture: the first forward on a GPU
+    is eager): Triton builds each kernel's launcher with the host's C compiler, against Python's headers and
+    libcuda, and a machine can lack any of them (a runtime image without a compiler does)."""
+    try:
+        probe = torch.zeros(1, device=f"cuda:{index}")
+        _probe_kernel[(1,)](probe)
+        ran = probe.item() == 1.0
+    except Exception as exc:  # whatever Triton raises, the report shows it and the eager pair runs
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+        return (
+            f"Triton could not build a kernel here ({detail}); it needs a C compiler (apt-get install gcc, or set "
+            "CC), Python's headers and libcuda"
+        )
+    return None if ran else "Triton's probe kernel ran but wrote nothing; the eager pair runs"
 
 
 def norm_gelu_eager(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
@@ -53,6 +74,10 @@ def norm_gelu_eager(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, e
 
 
 if triton is not None:
+
+    @triton.jit
+    def _probe_kernel(out_ptr):
+        tl.store(out_ptr, 1.0)
 
     @triton.jit
     def _block(L, C, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
