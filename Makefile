@@ -25,7 +25,7 @@ FAST_MARKERS ?= not slow and not docker and not gpu
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(VENV)/.ready: pyproject.toml env/reference.toml installers/build_minkowski.py installers/minkowski/build.py
+$(VENV)/.ready: pyproject.toml env/reference.toml env/requirements.lock installers/build_minkowski.py installers/minkowski/build.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# refuse a CUDA torch before pip downloads gigabytes of it (see DEV_TORCH_INDEX above)
@@ -38,6 +38,10 @@ $(VENV)/.ready: pyproject.toml env/reference.toml installers/build_minkowski.py 
 	$(PYTHON) -m rsna_phase0.check_env.spec requirements --no-torch --dev > $(VENV)/requirements.txt
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -r $(VENV)/requirements.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	# the lock's Triton beside the venv, not in it (the CPU torch must not pick it up): tests/test_norm_gelu.py runs
+	# the fused kernels in Triton's interpreter on the CPU
+	$(BIN)/pip install -q --no-deps --target $(VENV)/triton-interpreter \
+		"$$(sed -n 's/^\(triton==[0-9.]*\).*/\1/p' env/requirements.lock)"
 	$(BIN)/python installers/build_minkowski.py --cpu-only --cache $(ME_CACHE)
 	touch $@
 

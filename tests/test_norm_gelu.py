@@ -4,9 +4,12 @@ pair runs eagerly with the reason in the train report."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,6 +116,53 @@ def test_fused_decoder_is_the_eager_decoder_with_channels_last_maps():
     for got, want in zip(grads[1], grads[0], strict=True):
         if want is not None:
             assert (got - want).abs().max().item() < 1e-4 * scale
+
+
+# the lock's Triton, installed beside the venv by make setup (not in it: the CPU torch must not pick it up)
+TRITON_INTERPRETER = Path(os.environ.get("RSNA_PHASE0_TRITON_INTERPRETER", Path(sys.prefix) / "triton-interpreter"))
+INTERPRETED = """
+import json, torch, triton
+from rsna_phase0.models.norm_gelu import norm_gelu_eager, norm_gelu_fused
+worst = {"y": 0.0, "dx": 0.0, "dw": 0.0, "db": 0.0}
+for shape in [(2, 8, 4, 4, 4), (1, 8, 17, 9, 10), (2, 6, 5, 5, 7), (2, 16, 16, 16, 16)]:
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=g) * 2.5 + 4.0).contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_()
+    w = (torch.rand(shape[1], generator=g) + 0.5).requires_grad_()
+    b = torch.randn(shape[1], generator=g).requires_grad_()
+    grad = torch.randn(shape, generator=g)
+    want, got = norm_gelu_eager(x, w, b, 1e-5), norm_gelu_fused(x, w, b, 1e-5)
+    pairs = [(got, want)] + list(zip(torch.autograd.grad(got, (x, w, b), grad), torch.autograd.grad(want, (x, w, b), grad)))
+    for key, (a, e) in zip(worst, pairs):
+        worst[key] = max(worst[key], ((a - e).abs().max() / e.abs().max()).item())
+print("RESULT", json.dumps({"triton": triton.__version__, **worst}))
+"""
+
+
+def _lock_version(package: str) -> str:
+    lock = Path(__file__).parents[1] / "env" / "requirements.lock"
+    return re.search(rf"^{package}==(\S+)", lock.read_text(), re.M).group(1)
+
+
+@pytest.mark.skipif(
+    not (TRITON_INTERPRETER / "triton").is_dir(),
+    reason=f"no Triton at {TRITON_INTERPRETER} (make setup installs the lock's there)",
+)
+def test_the_kernels_in_the_locked_tritons_interpreter_compute_the_eager_pair():
+    """The four kernels run by Triton's interpreter on the CPU (numpy in place of the GPU), at the version the
+    reference environment pins: the same function forward and backward, blocks partial and channels not a power
+    of two included. On a GPU, the compiled kernels are tested above."""
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "1",
+        "PYTHONPATH": os.pathsep.join([str(TRITON_INTERPRETER), str(Path(__file__).parents[1])]),
+    }
+    done = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+    assert result.pop("triton") == _lock_version("triton")
+    # the weight's and bias's gradients sum over every position of every sample: float32 order differs there
+    assert result["y"] < 1e-5 and max(result["dx"], result["dw"], result["db"]) < 1e-4, result
 
 
 def test_off_cuda_the_pair_runs_eagerly_with_the_same_parameter_names():

@@ -16,8 +16,8 @@ capability 7.0 or newer: a T4 is 7.5, a P100 6.0 is not); elsewhere the pair run
 and the train report says which way ran (`fused_path`).
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: Triton must see `tl.constexpr` itself, not its name as a string (Triton
+# 3.0's interpreter takes only the object)
 import functools
 
 import torch
@@ -80,13 +80,11 @@ if triton is not None:
         tl.store(out_ptr, 1.0)
 
     @triton.jit
-    def _block(L, C, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
-        """Offsets and mask of this program's block: positions along axis 0 of the grid, samples along axis 1."""
-        rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
-        cols = tl.arange(0, BLOCK_C)
+    def _block(rows, cols, L, C):
+        """Offsets and mask of a program's block: positions along axis 0 of the grid, samples along axis 1."""
         mask = (rows[:, None] < L) & (cols[None, :] < C)
         offsets = tl.program_id(1).to(tl.int64) * L * C + rows[:, None] * C + cols[None, :]
-        return offsets, mask, cols
+        return offsets, mask
 
     @triton.jit
     def _gelu_input(x, mean, rstd, w, b):
@@ -106,7 +104,8 @@ if triton is not None:
 
     @triton.jit
     def _stats_kernel(x_ptr, mean_ptr, m2_ptr, L, C, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
-        offsets, mask, cols = _block(L, C, BLOCK_L, BLOCK_C)
+        rows, cols = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L), tl.arange(0, BLOCK_C)
+        offsets, mask = _block(rows, cols, L, C)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         count = tl.minimum(L - tl.program_id(0) * BLOCK_L, BLOCK_L).to(tl.float32)
         mean = tl.sum(x, axis=0) / count
@@ -119,7 +118,8 @@ if triton is not None:
     def _forward_kernel(
         x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, L, C, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr
     ):
-        offsets, mask, cols = _block(L, C, BLOCK_L, BLOCK_C)
+        rows, cols = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L), tl.arange(0, BLOCK_C)
+        offsets, mask = _block(rows, cols, L, C)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         mean, rstd = _per_channel(mean_ptr, C, cols, C), _per_channel(rstd_ptr, C, cols, C)
         w, b = _per_channel(w_ptr, C, cols, 0), _per_channel(b_ptr, C, cols, 0)
@@ -132,7 +132,8 @@ if triton is not None:
         x_ptr, g_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s1_ptr, s2_ptr, L, C,
         BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
     ):  # fmt: skip
-        offsets, mask, cols = _block(L, C, BLOCK_L, BLOCK_C)
+        rows, cols = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L), tl.arange(0, BLOCK_C)
+        offsets, mask = _block(rows, cols, L, C)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         mean, rstd = _per_channel(mean_ptr, C, cols, C), _per_channel(rstd_ptr, C, cols, C)
@@ -148,7 +149,8 @@ if triton is not None:
         x_ptr, g_ptr, dx_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s1_ptr, s2_ptr, L, C,
         BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
     ):  # fmt: skip
-        offsets, mask, cols = _block(L, C, BLOCK_L, BLOCK_C)
+        rows, cols = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L), tl.arange(0, BLOCK_C)
+        offsets, mask = _block(rows, cols, L, C)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         mean, rstd = _per_channel(mean_ptr, C, cols, C), _per_channel(rstd_ptr, C, cols, C)
