@@ -15,7 +15,8 @@
 #   OUT=DIR bash benchmarks/gpu_issue18.sh --quick    # about a minute: batch 4 only, no compile
 #   BUDGET_S=210       seconds of rows before the rest is skipped (a compiled row of ours starts only with
 #                      COMPILE_RESERVE_S=90 left, the peer's with 40% of that)
-#   GPU_TESTS=0        skip the GPU tests; GPU_TEST_PATHS="tests/" runs every GPU test (GPU_TESTS_TIMEOUT_S, default 300: raise it for these)
+#   GPU_TESTS=0        skip the GPU tests; GPU_TEST_PATHS="tests/" runs every GPU test (raise GPU_TESTS_TIMEOUT_S,
+#                      default 300 s, for these)
 #   DATA_WAIT=1        also benchmarks/throughput.py's loader data wait for kaggle (about a minute more)
 #   PYTHON=python      the interpreter with torch and MinkowskiEngine built with CUDA (installers/build_minkowski.py)
 #   DEVICE=cpu         a check of this script itself on a CPU machine (smoke preset, the plan's batch-4 bf16 rows
