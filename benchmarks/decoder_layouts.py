@@ -20,6 +20,7 @@ import json
 import sys
 
 import torch
+from throughput_measure import back_to_back_ms
 
 from rsna_phase0.models.decoder import InstanceGroupNorm, SparkDecoder
 from rsna_phase0.presets import get_preset
@@ -75,26 +76,6 @@ def step(decoder, maps, masks, amp, modality="mri"):
     loss.backward()
 
 
-def time_ms(fn, device, warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        fn()
-    if device.type != "cuda":
-        import time
-
-        start = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        return 1000 * (time.perf_counter() - start) / steps
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(steps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / steps
-
-
 def top_kernels(fn, device, n: int = 12) -> list[tuple[str, float]]:
     if device.type != "cuda":
         return []
@@ -115,7 +96,7 @@ def measure(preset, layout: str, amp: str, weights: dict, views: int, steps: int
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    ms = time_ms(lambda: step(decoder, maps, masks, dtype), device, 3, steps)
+    ms = back_to_back_ms(lambda: step(decoder, maps, masks, dtype), device, 3, steps)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         prediction = decoder(maps, masks, "mri").prediction.float()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 import torch
+from throughput_measure import back_to_back_ms
 
 from rsna_phase0.models import norm_gelu
 
@@ -22,35 +23,16 @@ WARPS = (2, 4, 8)
 
 
 def pair_ms(fn, x, weight, bias, grad, steps: int = 10) -> float:
-    def once():
-        torch.autograd.grad(fn(x, weight, bias, 1e-5), (x, weight, bias), grad)
-
-    for _ in range(3):
-        once()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(steps):
-        once()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / steps
+    return back_to_back_ms(
+        lambda: torch.autograd.grad(fn(x, weight, bias, 1e-5), (x, weight, bias), grad), x.device, 3, steps
+    )
 
 
 def copy_bandwidth() -> float:
     """Bytes per second of a large device-to-device copy (read + write)."""
     a = torch.empty(2**28, dtype=torch.uint8, device="cuda")
     b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        b.copy_(a)
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * a.numel() * 10 / (start.elapsed_time(end) / 1000)
+    return 2 * a.numel() / (back_to_back_ms(lambda: b.copy_(a), a.device, 3, 10) / 1000)
 
 
 def main() -> int:

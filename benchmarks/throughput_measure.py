@@ -35,6 +35,26 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def back_to_back_ms(fn, device: torch.device, warmup: int, steps: int) -> float:
+    """Mean ms of `steps` calls queued back to back (CUDA events around them all on CUDA): for work that never
+    synchronises the host, where median_ms's synchronisation around each call would add idle time."""
+    for _ in range(warmup):
+        fn()
+    if device.type != "cuda":
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        return 1000 * (time.perf_counter() - start) / steps
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        fn()
+    end.record()
+    torch.cuda.synchronize(device)
+    return start.elapsed_time(end) / steps
+
+
 def median_ms(fn, device: torch.device, warmup: int, steps: int) -> float:
     for _ in range(warmup):
         fn()

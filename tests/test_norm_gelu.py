@@ -85,6 +85,26 @@ def test_fused_pair_in_half_precision_is_as_close_as_the_eager_pair_is_to_float3
         assert _relative(got, want) <= 1.01 * _relative(theirs, want) + 1e-3
 
 
+def _eager_and_fused_decoders(preset, device: str) -> tuple[SparkDecoder, SparkDecoder]:
+    """The preset's decoder without and with the speed-up, the same weights."""
+    without = tuple(s for s in preset.speedups if s != "fused_norm_gelu")
+    torch.manual_seed(0)
+    eager = SparkDecoder(preset.with_overrides(speedups=without)).to(device)
+    fused = SparkDecoder(preset.with_overrides(speedups=(*without, "fused_norm_gelu"))).to(device)
+    fused.load_state_dict(eager.state_dict())
+    return eager, fused
+
+
+def _decoder_inputs(preset, device: str, views: int = 2):
+    """Encoder maps (finest first) and masks at the decoder's scales."""
+    maps, masks, size = [], [], preset.input_size
+    for dim in preset.stage_dims:
+        size //= 2
+        maps.append(torch.randn(views, dim, size, size, size, device=device))
+        masks.append(torch.rand(views, size, size, size, device=device) < 0.6)
+    return maps, masks
+
+
 @pytest.mark.gpu
 @needs_triton_gpu
 def test_fused_decoder_is_the_eager_decoder_with_channels_last_maps():
@@ -92,16 +112,8 @@ def test_fused_decoder_is_the_eager_decoder_with_channels_last_maps():
     gradients (float32, TF32 off), its maps channels-last."""
     torch.backends.cudnn.allow_tf32 = False
     preset = get_preset("kaggle")
-    without = tuple(s for s in preset.speedups if s != "fused_norm_gelu")
-    torch.manual_seed(0)
-    eager = SparkDecoder(preset.with_overrides(speedups=without)).cuda()
-    fused = SparkDecoder(preset.with_overrides(speedups=(*without, "fused_norm_gelu"))).cuda()
-    fused.load_state_dict(eager.state_dict())
-    maps, masks, size = [], [], preset.input_size
-    for dim in preset.stage_dims:
-        size //= 2
-        maps.append(torch.randn(2, dim, size, size, size, device="cuda"))
-        masks.append(torch.rand(2, size, size, size, device="cuda") < 0.6)
+    eager, fused = _eager_and_fused_decoders(preset, "cuda")
+    maps, masks = _decoder_inputs(preset, "cuda")
     outputs = [decoder(maps, masks, "ct") for decoder in (eager, fused)]
     assert all(f.is_contiguous(memory_format=torch.channels_last_3d) for f in outputs[1].features[1:])
     assert _relative(outputs[1].prediction, outputs[0].prediction) < 1e-4
@@ -167,20 +179,11 @@ def test_the_kernels_in_the_locked_tritons_interpreter_compute_the_eager_pair():
 
 def test_off_cuda_the_pair_runs_eagerly_with_the_same_parameter_names():
     preset = tiny_preset()
-    without = tuple(s for s in preset.speedups if s != "fused_norm_gelu")
-    torch.manual_seed(0)
-    eager = SparkDecoder(preset.with_overrides(speedups=without))
-    fused = SparkDecoder(preset.with_overrides(speedups=(*without, "fused_norm_gelu")))
+    eager, fused = _eager_and_fused_decoders(preset, "cpu")
     assert list(fused.state_dict()) == list(eager.state_dict())
     assert isinstance(fused.up_blocks[0].body[0], InstanceNormGelu)
     assert type(eager.up_blocks[0].body[0]) is InstanceGroupNorm
-    fused.load_state_dict(eager.state_dict())
-    size = preset.input_size
-    maps, masks = [], []
-    for dim in preset.stage_dims:
-        size //= 2
-        maps.append(torch.randn(2, dim, size, size, size))
-        masks.append(torch.rand(2, size, size, size) < 0.6)
+    maps, masks = _decoder_inputs(preset, "cpu")
     assert torch.equal(fused(maps, masks, "mri").prediction, eager(maps, masks, "mri").prediction)
     assert fused_path(torch.device("cpu")) == "the fused kernels need CUDA, this is cpu"
 

@@ -87,9 +87,17 @@ if triton is not None:
         return offsets, mask
 
     @triton.jit
-    def _gelu_input(x, mean, rstd, w, b):
+    def _per_channel(ptr, C, cols, sample_stride):
+        return tl.load(ptr + tl.program_id(1) * sample_stride + cols, mask=cols < C, other=0.0)
+
+    @triton.jit
+    def _normalised(x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, offsets, mask, cols, C):
+        """The block's normalised map xhat and the GELU's input z = xhat * w + b (float32), with rstd and w."""
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        mean, rstd = _per_channel(mean_ptr, C, cols, C), _per_channel(rstd_ptr, C, cols, C)
+        w, b = _per_channel(w_ptr, C, cols, 0), _per_channel(b_ptr, C, cols, 0)
         xhat = (x - mean[None, :]) * rstd[None, :]
-        return xhat, xhat * w[None, :] + b[None, :]
+        return xhat, xhat * w[None, :] + b[None, :], rstd, w
 
     @triton.jit
     def _gelu_grad(z, g):
@@ -97,10 +105,6 @@ if triton is not None:
         cdf = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476))
         pdf = tl.exp(-0.5 * z * z) * 0.3989422804014327
         return g * (cdf + z * pdf)
-
-    @triton.jit
-    def _per_channel(ptr, C, cols, sample_stride):
-        return tl.load(ptr + tl.program_id(1) * sample_stride + cols, mask=cols < C, other=0.0)
 
     @triton.jit
     def _stats_kernel(x_ptr, mean_ptr, m2_ptr, L, C, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -120,10 +124,7 @@ if triton is not None:
     ):
         rows, cols = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L), tl.arange(0, BLOCK_C)
         offsets, mask = _block(rows, cols, L, C)
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        mean, rstd = _per_channel(mean_ptr, C, cols, C), _per_channel(rstd_ptr, C, cols, C)
-        w, b = _per_channel(w_ptr, C, cols, 0), _per_channel(b_ptr, C, cols, 0)
-        _, z = _gelu_input(x, mean, rstd, w, b)
+        _, z, _, _ = _normalised(x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, offsets, mask, cols, C)
         y = 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
         tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -134,11 +135,8 @@ if triton is not None:
     ):  # fmt: skip
         rows, cols = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L), tl.arange(0, BLOCK_C)
         offsets, mask = _block(rows, cols, L, C)
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        xhat, z, _, _ = _normalised(x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, offsets, mask, cols, C)
         g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        mean, rstd = _per_channel(mean_ptr, C, cols, C), _per_channel(rstd_ptr, C, cols, C)
-        w, b = _per_channel(w_ptr, C, cols, 0), _per_channel(b_ptr, C, cols, 0)
-        xhat, z = _gelu_input(x, mean, rstd, w, b)
         dz = tl.where(mask, _gelu_grad(z, g), 0.0)
         out = (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * C + cols
         tl.store(s1_ptr + out, tl.sum(dz, axis=0), mask=cols < C)
@@ -151,40 +149,35 @@ if triton is not None:
     ):  # fmt: skip
         rows, cols = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L), tl.arange(0, BLOCK_C)
         offsets, mask = _block(rows, cols, L, C)
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        xhat, z, rstd, w = _normalised(x_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, offsets, mask, cols, C)
         g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        mean, rstd = _per_channel(mean_ptr, C, cols, C), _per_channel(rstd_ptr, C, cols, C)
-        w, b = _per_channel(w_ptr, C, cols, 0), _per_channel(b_ptr, C, cols, 0)
         # the per-sample means of dz and dz * xhat over the map's positions
         s1, s2 = _per_channel(s1_ptr, C, cols, C) / L, _per_channel(s2_ptr, C, cols, C) / L
-        xhat, z = _gelu_input(x, mean, rstd, w, b)
         dz = _gelu_grad(z, g)
         dx = (rstd * w)[None, :] * (dz - s1[None, :] - xhat * s2[None, :])
         tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def _layout(x: torch.Tensor) -> tuple[torch.Tensor, int, int, int, int]:
-    """(B, L, C) tokens of a channels-last map (a copy only if it is not channels-last), the grid's block sizes."""
+def _layout(x: torch.Tensor) -> tuple[torch.Tensor, int, tuple[int, int], dict]:
+    """(B, L, C) tokens of a channels-last map (a copy only if it is not channels-last), L, and the kernels' grid
+    (blocks of positions, samples) and launch options."""
     tokens = x.permute(0, 2, 3, 4, 1).contiguous()  # a view for a channels-last map
     samples, channels = x.shape[0], x.shape[1]
     positions = tokens.numel() // max(samples * channels, 1)
     block_c = triton.next_power_of_2(channels)
     block_l = max(1, min(ELEMENTS_PER_BLOCK // block_c, triton.next_power_of_2(positions)))
-    return tokens, positions, channels, block_c, block_l
+    grid = (triton.cdiv(positions, block_l), samples)
+    return tokens, positions, grid, {"BLOCK_L": block_l, "BLOCK_C": block_c, "num_warps": NUM_WARPS}
 
 
 class _NormGelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-        tokens, positions, channels, block_c, block_l = _layout(x)
-        samples = x.shape[0]
-        blocks = triton.cdiv(positions, block_l)
-        grid = (blocks, samples)
+        tokens, positions, grid, launch = _layout(x)
+        (blocks, samples), channels, block_l = grid, x.shape[1], launch["BLOCK_L"]
         means = torch.empty(samples, blocks, channels, device=x.device, dtype=torch.float32)
         m2s = torch.empty_like(means)
-        _stats_kernel[grid](
-            tokens, means, m2s, positions, channels, BLOCK_L=block_l, BLOCK_C=block_c, num_warps=NUM_WARPS
-        )
+        _stats_kernel[grid](tokens, means, m2s, positions, channels, **launch)
         # Chan's combination of the blocks' (count, mean, centred sum of squares)
         counts = torch.full((blocks, 1), float(block_l), device=x.device)
         counts[-1] = positions - block_l * (blocks - 1)
@@ -194,10 +187,7 @@ class _NormGelu(torch.autograd.Function):
         weight, bias = weight.float().contiguous(), bias.float().contiguous()
         out = torch.empty_like(x, memory_format=torch.channels_last_3d)
         y_tokens = out.permute(0, 2, 3, 4, 1)
-        _forward_kernel[grid](
-            tokens, y_tokens, mean, rstd, weight, bias, positions, channels,
-            BLOCK_L=block_l, BLOCK_C=block_c, num_warps=NUM_WARPS,
-        )  # fmt: skip
+        _forward_kernel[grid](tokens, y_tokens, mean, rstd, weight, bias, positions, channels, **launch)
         ctx.save_for_backward(tokens, mean, rstd, weight, bias)
         ctx.shape = x.shape
         return out
@@ -206,22 +196,17 @@ class _NormGelu(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         tokens, mean, rstd, weight, bias = ctx.saved_tensors
-        g_tokens, positions, channels, block_c, block_l = _layout(grad)
-        samples = tokens.shape[0]
-        blocks = triton.cdiv(positions, block_l)
-        grid = (blocks, samples)
+        g_tokens, positions, grid, launch = _layout(grad)
+        (blocks, samples), channels = grid, grad.shape[1]
         s1 = torch.empty(samples, blocks, channels, device=grad.device, dtype=torch.float32)
         s2 = torch.empty_like(s1)
-        _grad_stats_kernel[grid](
-            tokens, g_tokens, mean, rstd, weight, bias, s1, s2, positions, channels,
-            BLOCK_L=block_l, BLOCK_C=block_c, num_warps=NUM_WARPS,
-        )  # fmt: skip
+        _grad_stats_kernel[grid](tokens, g_tokens, mean, rstd, weight, bias, s1, s2, positions, channels, **launch)
         s1, s2 = s1.sum(1), s2.sum(1)  # (B, C): sums of dz and dz * xhat
         dx = torch.empty(ctx.shape, device=grad.device, dtype=tokens.dtype, memory_format=torch.channels_last_3d)
+        dx_tokens = dx.permute(0, 2, 3, 4, 1)
         _grad_input_kernel[grid](
-            tokens, g_tokens, dx.permute(0, 2, 3, 4, 1), mean, rstd, weight, bias, s1, s2, positions, channels,
-            BLOCK_L=block_l, BLOCK_C=block_c, num_warps=NUM_WARPS,
-        )  # fmt: skip
+            tokens, g_tokens, dx_tokens, mean, rstd, weight, bias, s1, s2, positions, channels, **launch
+        )
         return dx, s2.sum(0), s1.sum(0), None
 
 
